@@ -1,0 +1,144 @@
+//! Operations on runs from outside the orchestrator: cancel, logs, ownership.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use capstan_store::{RunStatus, TaskFinish, TaskStatus, now_millis};
+
+use crate::workspace::Workspace;
+
+/// `host:pid` of this process: recorded as the owner of the runs it drives.
+pub(crate) fn owner_id() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// Whether the orchestrator recorded as a run's owner is still alive. Only owners on this host
+/// can be checked; a remote owner is assumed alive.
+pub fn owner_alive(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once(':') else {
+        return false;
+    };
+    if host != hostname() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid as u32 == std::process::id() {
+        return true;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    /// The run's orchestrator was asked to cancel it; it stops its steps and records the end.
+    Requested,
+    /// Nothing drove the run: it was marked cancelled directly.
+    Cancelled,
+    /// The run had already ended.
+    AlreadyEnded(RunStatus),
+}
+
+/// Cancels a run. If an orchestrator drives it, that orchestrator is asked (it polls the store)
+/// and this waits up to `wait` for it to finish; otherwise the run and its unfinished tasks are
+/// marked cancelled here.
+pub async fn cancel_run(ws: &Workspace, run_id: &str, wait: Duration) -> Result<CancelResult> {
+    let store = &ws.store;
+    let run = store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| anyhow!("run {run_id} not found"))?;
+    if run.status.is_terminal() {
+        return Ok(CancelResult::AlreadyEnded(run.status));
+    }
+    if let Some(owner) = run.owner.as_deref().filter(|o| owner_alive(o)) {
+        store.request_cancel(run_id).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(r) = store.get_run(run_id).await?
+                && r.status.is_terminal()
+            {
+                return Ok(CancelResult::Requested);
+            }
+        }
+        tracing::info!(
+            run_id,
+            owner,
+            "cancel requested; the orchestrator has not finished yet"
+        );
+        return Ok(CancelResult::Requested);
+    }
+    for t in store.list_tasks(run_id).await? {
+        if t.status.is_terminal() {
+            continue;
+        }
+        store
+            .task_finished(
+                run_id,
+                TaskFinish {
+                    name: t.name.clone(),
+                    step: t.step.clone(),
+                    iteration: t.iteration,
+                    status: TaskStatus::Cancelled,
+                    exit_code: None,
+                    message: Some("cancelled".to_string()),
+                    output_parameters: Default::default(),
+                    new_artifacts: vec![],
+                    reused_artifacts: Default::default(),
+                    cached_from: None,
+                    cache_key: None,
+                    ended_at: now_millis(),
+                },
+            )
+            .await?;
+    }
+    store
+        .set_run_status(
+            run_id,
+            RunStatus::Cancelled,
+            Some("cancelled"),
+            now_millis(),
+        )
+        .await?;
+    Ok(CancelResult::Cancelled)
+}
+
+/// The logs of a run's tasks (all of them, or one), oldest attempt first, each preceded by a
+/// header line when there is more than one.
+pub async fn read_logs(
+    ws: &Workspace,
+    run_id: &str,
+    task: Option<&str>,
+) -> Result<Vec<(String, u32, Vec<u8>)>> {
+    let tasks = ws.store.list_tasks(run_id).await?;
+    if let Some(name) = task
+        && !tasks.iter().any(|t| t.name == name)
+    {
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        return Err(anyhow!(
+            "run {run_id} has no task `{name}` (tasks: {})",
+            names.join(", ")
+        ));
+    }
+    let mut out = Vec::new();
+    for t in tasks.iter().filter(|t| task.is_none_or(|n| n == t.name)) {
+        for attempt in 1..=t.attempts {
+            let Ok((_, uri)) = ws.artifacts.log_path(run_id, &t.name, attempt) else {
+                continue;
+            };
+            if let Ok(bytes) = ws.artifacts.read_log(&uri).await {
+                out.push((t.name.clone(), attempt, bytes));
+            }
+        }
+    }
+    Ok(out)
+}

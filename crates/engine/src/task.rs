@@ -1,0 +1,463 @@
+//! One attempt of one task: materialise inputs, render the command, look up the cache, record
+//! the start, run the executor, collect and store the outputs, record the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use capstan_exec::{Executor, LogSink, Outcome, TaskSpec};
+use capstan_plan::{ArtifactHandle, Binding, CacheInput, TaskId, TaskOutputs, cache_key};
+use capstan_spec::template::{Ref, Template};
+use capstan_spec::{Command, Step, Value};
+use capstan_store::{ArtifactRef, NewArtifact, TaskFinish, TaskStart, TaskStatus, now_millis};
+use tokio_util::sync::CancellationToken;
+
+use crate::run::Observer;
+use crate::workspace::Workspace;
+
+/// Shared services of the attempts of a run.
+pub(crate) struct Env {
+    pub ws: Workspace,
+    pub executors: HashMap<String, Arc<dyn Executor>>,
+    pub observer: Arc<dyn Observer>,
+}
+
+pub(crate) struct Attempt {
+    pub run_id: String,
+    pub task: TaskId,
+    pub name: String,
+    pub iteration: Option<i64>,
+    pub attempt: u32,
+    pub step: Step,
+    pub bindings: Vec<(Ref, Binding)>,
+    pub executor: String,
+    pub cache: bool,
+    pub base_dir: PathBuf,
+    pub cancel: CancellationToken,
+}
+
+pub(crate) enum AttemptResult {
+    /// Already recorded in the store.
+    Succeeded {
+        outputs: TaskOutputs,
+        cached: bool,
+    },
+    /// Not recorded yet: the run loop decides between a retry and a final failure.
+    Failed {
+        message: String,
+        exit_code: Option<i32>,
+    },
+    Cancelled,
+}
+
+/// A binding made concrete for this attempt: artifacts have local paths.
+enum Resolved {
+    Value(Value),
+    Artifact { path: String, digest: String },
+    Artifacts(Vec<(String, String)>),
+    Output(String),
+}
+
+pub(crate) fn plan_outputs(o: &capstan_store::TaskOutputs) -> TaskOutputs {
+    TaskOutputs {
+        parameters: o.parameters.clone(),
+        artifacts: o
+            .artifacts
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    ArtifactHandle {
+                        id: a.id.clone(),
+                        uri: a.uri.clone(),
+                        digest: a.digest.clone(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn store_ref(a: &ArtifactHandle) -> ArtifactRef {
+    ArtifactRef {
+        id: a.id.clone(),
+        uri: a.uri.clone(),
+        digest: a.digest.clone(),
+    }
+}
+
+/// Runs one attempt. An `Err` means the store or the artifact store failed and the run cannot
+/// go on; a failing step is an `Ok(Failed)`.
+pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
+    let ws = &env.ws;
+    let work = ws.work_dir(&a.run_id, &a.name, a.attempt);
+    if work.exists() {
+        // Left over from an attempt that was interrupted: start clean.
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let out_dir = work.join("out");
+    let param_dir = work.join("params");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    std::fs::create_dir_all(&param_dir)
+        .with_context(|| format!("cannot create {}", param_dir.display()))?;
+
+    // Materialise input artifacts as local paths.
+    let mut resolved: HashMap<&Ref, Resolved> = HashMap::new();
+    let mut input_parameters = BTreeMap::new();
+    let mut input_artifacts = BTreeMap::new();
+    for (r, b) in &a.bindings {
+        let key = match r {
+            Ref::Input(name) => name.clone(),
+            other => other.to_string(),
+        };
+        let value = match b {
+            Binding::Value(v) => {
+                input_parameters.insert(key, v.clone());
+                Resolved::Value(v.clone())
+            }
+            Binding::Artifact(h) => {
+                let path = match ws.artifacts.local_path(&h.uri).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Ok(failed(format!(
+                            "input artifact `{key}` is not available: {e}"
+                        )));
+                    }
+                };
+                input_artifacts.insert(key, store_ref(h));
+                Resolved::Artifact {
+                    path: path.display().to_string(),
+                    digest: h.digest.clone(),
+                }
+            }
+            Binding::Artifacts(hs) => {
+                let mut paths = Vec::with_capacity(hs.len());
+                for (i, h) in hs.iter().enumerate() {
+                    let path = match ws.artifacts.local_path(&h.uri).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return Ok(failed(format!(
+                                "input artifact `{key}[{i}]` is not available: {e}"
+                            )));
+                        }
+                    };
+                    input_artifacts.insert(format!("{key}[{i}]"), store_ref(h));
+                    paths.push((path.display().to_string(), h.digest.clone()));
+                }
+                Resolved::Artifacts(paths)
+            }
+            Binding::OutputPath(name) => Resolved::Output(name.clone()),
+        };
+        resolved.insert(r, value);
+    }
+
+    let step = &a.step;
+    let output_path = |name: &str| -> PathBuf {
+        if step.outputs.artifacts.contains_key(name) {
+            out_dir.join(name)
+        } else {
+            param_dir.join(name)
+        }
+    };
+    // The real rendering, and the symbolic one that keys the cache: input artifacts by digest,
+    // outputs by name, so that fresh paths do not defeat the cache.
+    let real = |r: &Ref| -> Result<Value, String> {
+        Ok(
+            match resolved
+                .get(r)
+                .ok_or_else(|| format!("unresolved reference `{r}`"))?
+            {
+                Resolved::Value(v) => v.clone(),
+                Resolved::Artifact { path, .. } => Value::String(path.clone()),
+                Resolved::Artifacts(xs) => {
+                    Value::Array(xs.iter().map(|(p, _)| Value::String(p.clone())).collect())
+                }
+                Resolved::Output(name) => Value::String(output_path(name).display().to_string()),
+            },
+        )
+    };
+    let symbolic = |r: &Ref| -> Result<Value, String> {
+        Ok(
+            match resolved
+                .get(r)
+                .ok_or_else(|| format!("unresolved reference `{r}`"))?
+            {
+                Resolved::Value(v) => v.clone(),
+                Resolved::Artifact { digest, .. } => Value::String(format!("artifact:{digest}")),
+                Resolved::Artifacts(xs) => Value::Array(
+                    xs.iter()
+                        .map(|(_, d)| Value::String(format!("artifact:{d}")))
+                        .collect(),
+                ),
+                Resolved::Output(name) => Value::String(format!("output:{name}")),
+            },
+        )
+    };
+    let render_all = |lookup: &dyn Fn(&Ref) -> Result<Value, String>| -> Result<Rendered, String> {
+        let render = |t: &Template| t.render(lookup);
+        let (argv, shell) = match &step.run {
+            Command::Argv(args) => (
+                args.iter().map(render).collect::<Result<Vec<_>, _>>()?,
+                false,
+            ),
+            Command::Shell(t) => (vec![render(t)?], true),
+        };
+        let env = step
+            .env
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), render(t)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let workdir = step.workdir.as_ref().map(render).transpose()?;
+        Ok(Rendered {
+            argv,
+            shell,
+            env,
+            workdir,
+        })
+    };
+    let concrete = match render_all(&real) {
+        Ok(r) => r,
+        Err(e) => return Ok(failed(format!("cannot render the command: {e}"))),
+    };
+    let keyed = match render_all(&symbolic) {
+        Ok(r) => r,
+        Err(e) => return Ok(failed(format!("cannot render the command: {e}"))),
+    };
+    let digests: BTreeMap<String, String> = input_artifacts
+        .iter()
+        .map(|(k, v)| (k.clone(), v.digest.clone()))
+        .collect();
+    let declared: BTreeMap<String, String> = step
+        .outputs
+        .parameters
+        .iter()
+        .map(|(k, t)| (k.clone(), t.name().to_string()))
+        .chain(
+            step.outputs
+                .artifacts
+                .iter()
+                .map(|(k, t)| (k.clone(), t.clone())),
+        )
+        .collect();
+    let key = cache_key(&CacheInput {
+        command: &keyed.argv,
+        shell: keyed.shell,
+        env: &keyed.env,
+        workdir: keyed.workdir.as_deref(),
+        image: step.image.as_deref(),
+        input_artifacts: &digests,
+        outputs: &declared,
+    });
+
+    if a.cache
+        && let Some(hit) = lookup_cache(ws, &key).await?
+    {
+        let finish = TaskFinish {
+            name: a.name.clone(),
+            step: step.name.clone(),
+            iteration: a.iteration,
+            status: TaskStatus::Cached,
+            exit_code: None,
+            message: Some(format!("cached from run {} task {}", hit.run_id, hit.name)),
+            output_parameters: hit.outputs.parameters.clone(),
+            new_artifacts: vec![],
+            reused_artifacts: hit.outputs.artifacts.clone(),
+            cached_from: Some(hit.id.clone()),
+            cache_key: Some(key),
+            ended_at: now_millis(),
+        };
+        ws.store.task_finished(&a.run_id, finish).await?;
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(AttemptResult::Succeeded {
+            outputs: plan_outputs(&hit.outputs),
+            cached: true,
+        });
+    }
+
+    let (log_path, log_uri) = ws.artifacts.log_path(&a.run_id, &a.name, a.attempt)?;
+    ws.store
+        .task_started(
+            &a.run_id,
+            TaskStart {
+                name: a.name.clone(),
+                step: step.name.clone(),
+                iteration: a.iteration,
+                attempt: a.attempt,
+                executor: a.executor.clone(),
+                resources: serde_json::to_value(&step.resources)?,
+                cache_key: Some(key),
+                log_uri: Some(log_uri.clone()),
+                input_parameters,
+                input_artifacts,
+                started_at: now_millis(),
+            },
+        )
+        .await?;
+    env.observer
+        .task_changed(&a.name, TaskStatus::Running, None);
+
+    let workdir = match &concrete.workdir {
+        Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
+        Some(w) => a.base_dir.join(w),
+        None => a.base_dir.clone(),
+    };
+    let argv = if concrete.shell {
+        vec!["sh".to_string(), "-c".to_string(), concrete.argv[0].clone()]
+    } else {
+        concrete.argv
+    };
+    let mut task_env = concrete.env;
+    task_env.extend([
+        ("CAPSTAN_RUN_ID".to_string(), a.run_id.clone()),
+        ("CAPSTAN_TASK".to_string(), a.name.clone()),
+        ("CAPSTAN_ATTEMPT".to_string(), a.attempt.to_string()),
+    ]);
+    let spec = TaskSpec {
+        run_id: a.run_id.clone(),
+        task: a.name.clone(),
+        attempt: a.attempt,
+        argv,
+        env: task_env,
+        workdir,
+        timeout: step.timeout,
+        log_path: log_path.clone(),
+        image: step.image.clone(),
+        resources: serde_json::to_value(&step.resources)?,
+    };
+    let observer = env.observer.clone();
+    let sink: LogSink = Arc::new(move |task: &str, chunk: &[u8]| observer.log(task, chunk));
+    let executor = env
+        .executors
+        .get(&a.executor)
+        .with_context(|| format!("unknown executor `{}`", a.executor))?
+        .clone();
+    let outcome = executor.run(spec, a.cancel.clone(), Some(sink)).await;
+    if let Err(e) = ws.artifacts.finish_log(&log_path, &log_uri).await {
+        tracing::warn!(task = %a.name, error = %e, "cannot store task log");
+    }
+
+    match outcome {
+        Outcome::Cancelled => return Ok(AttemptResult::Cancelled),
+        o if !o.success() => {
+            return Ok(AttemptResult::Failed {
+                message: o.describe(),
+                exit_code: o.exit_code(),
+            });
+        }
+        _ => {}
+    }
+
+    // Collect outputs. Parameters first: they are cheap, and a missing one fails fast.
+    let mut output_parameters = BTreeMap::new();
+    for (name, ty) in &step.outputs.parameters {
+        let path = param_dir.join(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(failed(format!(
+                    "exited 0 but did not write output parameter `{name}` (expected a file at {})",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Ok(failed(format!(
+                    "cannot read output parameter `{name}`: {e}"
+                )));
+            }
+        };
+        match capstan_spec::coerce_value(*ty, &Value::String(text)) {
+            Ok(v) => output_parameters.insert(name.clone(), v),
+            Err(e) => return Ok(failed(format!("output parameter `{name}`: {e}"))),
+        };
+    }
+    let mut new_artifacts = Vec::new();
+    let mut outputs = TaskOutputs {
+        parameters: output_parameters.clone(),
+        artifacts: BTreeMap::new(),
+    };
+    for (name, type_name) in &step.outputs.artifacts {
+        let path = out_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(failed(format!(
+                "exited 0 but did not write output artifact `{name}` (expected a file or directory at {})",
+                path.display()
+            )));
+        }
+        let stored = match ws.artifacts.put(&path).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(failed(format!(
+                    "cannot store output artifact `{name}`: {e}"
+                )));
+            }
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        outputs.artifacts.insert(
+            name.clone(),
+            ArtifactHandle {
+                id: id.clone(),
+                uri: stored.uri.clone(),
+                digest: stored.digest.clone(),
+            },
+        );
+        new_artifacts.push(NewArtifact {
+            id,
+            name: name.clone(),
+            uri: stored.uri,
+            digest: stored.digest,
+            size: stored.size,
+            type_name: type_name.clone(),
+            is_dir: stored.is_dir,
+            metadata: Value::Object(Default::default()),
+        });
+    }
+    let finish = TaskFinish {
+        name: a.name.clone(),
+        step: step.name.clone(),
+        iteration: a.iteration,
+        status: TaskStatus::Succeeded,
+        exit_code: Some(0),
+        message: None,
+        output_parameters,
+        new_artifacts,
+        reused_artifacts: BTreeMap::new(),
+        cached_from: None,
+        cache_key: None,
+        ended_at: now_millis(),
+    };
+    ws.store.task_finished(&a.run_id, finish).await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(AttemptResult::Succeeded {
+        outputs,
+        cached: false,
+    })
+}
+
+struct Rendered {
+    argv: Vec<String>,
+    shell: bool,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+}
+
+fn failed(message: String) -> AttemptResult {
+    AttemptResult::Failed {
+        message,
+        exit_code: None,
+    }
+}
+
+/// A usable cache hit: the recorded task, if every output artifact it points to still exists.
+async fn lookup_cache(ws: &Workspace, key: &str) -> Result<Option<capstan_store::TaskRecord>> {
+    let Some(hit) = ws.store.cache_lookup(key).await? else {
+        return Ok(None);
+    };
+    for a in hit.outputs.artifacts.values() {
+        if ws.artifacts.local_path(&a.uri).await.is_err() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(hit))
+}

@@ -1,0 +1,103 @@
+//! The embedded SQLite backend: the default store at `.capstan/capstan.db`.
+//!
+//! Several capstan processes may share one workspace (a `run` in one terminal, `runs cancel` or
+//! `server` in another), so the database runs in WAL mode (readers never block the writer) with
+//! a busy timeout (a writer waits for the lock instead of failing), and every write transaction
+//! starts with `BEGIN IMMEDIATE` (it takes the write lock up front, so it can never fail halfway
+//! when upgrading a read lock).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+
+use crate::common::{DbContext, store_impl};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a writer waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens of the same new file can race to migrate it; a retry sees the other's work.
+const MIGRATION_ATTEMPTS: usize = 3;
+
+/// A store in one SQLite file (or in memory).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if needed) the database at `path` and
+    /// brings its schema up to date. `:memory:` or `sqlite::memory:` opens a private in-memory
+    /// database that lives as long as this store.
+    pub async fn open(path: &str) -> crate::Result<Self> {
+        if path.is_empty() {
+            return Err(crate::StoreError::Invalid(
+                "the sqlite store path must not be empty".to_owned(),
+            ));
+        }
+        let pool = if matches!(path, ":memory:" | "sqlite::memory:") {
+            let options = SqliteConnectOptions::from_str("sqlite::memory:")
+                .ctx("configuring the in-memory store")?
+                .foreign_keys(true);
+            // An in-memory database dies with its last connection: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+                .ctx("opening the in-memory store")?
+        } else {
+            let file = Path::new(path);
+            if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    crate::StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            let options = SqliteConnectOptions::new()
+                .filename(file)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // In WAL mode NORMAL is still crash-safe for the database; a power cut can only
+                // lose the last commits, never corrupt it.
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(BUSY_TIMEOUT);
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .map_err(|e| crate::StoreError::Backend(format!("cannot open {path}: {e}")))?
+        };
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < MIGRATION_ATTEMPTS => attempt += 1,
+                Err(e) => {
+                    return Err(crate::StoreError::Backend(format!(
+                        "cannot migrate the store schema in {path}: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(SqliteStore { pool })
+    }
+
+    async fn begin(&self) -> crate::Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("starting a transaction")
+    }
+}
+
+store_impl!(SqliteStore, SqliteConnection, "sqlite");

@@ -1,0 +1,1055 @@
+//! The behavioural suite every [`Store`](crate::Store) backend must pass.
+//!
+//! A backend's test file invokes [`store_test_suite!`](crate::store_test_suite) with an
+//! expression that makes a fresh, empty store for each test (or `None` to skip, when the
+//! backend's server is not available). Each check below is an ordinary `async fn` taking the
+//! store, so a failure points at one behaviour, and the same assertions hold every backend to
+//! the same contract.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::json;
+
+use crate::{
+    ArtifactRef, DynStore, EventKind, NewArtifact, NewRun, RunFilter, RunStatus, Store, StoreError,
+    TaskFinish, TaskStart, TaskStatus,
+};
+
+/// Generates one `#[tokio::test]` per behaviour of the store contract.
+///
+/// `$make` is an expression that evaluates to a future of `Option<Harness>`, run once per test
+/// so that every test gets its own empty store; `None` skips the test.
+#[macro_export]
+macro_rules! store_test_suite {
+    ($make:expr) => {
+        $crate::store_test_suite!(@tests $make;
+            create_run_records_a_pending_run,
+            create_run_reuses_pipeline_and_experiment,
+            create_run_rejects_a_duplicate_id,
+            get_run_of_unknown_id_is_none,
+            set_run_status_tracks_start_and_end,
+            owner_and_cancel_flags,
+            run_updates_of_unknown_run_are_not_found,
+            resolve_run_id_by_exact_id_and_prefix,
+            list_runs_newest_first_with_filters,
+            task_started_upserts_and_records_inputs,
+            task_retry_keeps_id_and_does_not_duplicate_inputs,
+            task_started_rejects_unknown_run_and_artifact,
+            task_pending_keeps_attempts,
+            task_finished_records_outputs_and_lineage,
+            task_finished_creates_skipped_and_cached_tasks,
+            finish_seq_follows_finish_order,
+            concurrent_finishes_get_distinct_finish_seq,
+            cache_lookup_finds_latest_succeeded_task,
+            failed_task_finished_leaves_nothing_behind,
+            task_finished_validates_its_input,
+            run_contexts_are_shared_per_pipeline,
+        );
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let Some(harness) = ($make).await else {
+                    return;
+                };
+                harness.run($crate::test_suite::$test).await;
+            }
+        )*
+    };
+}
+
+/// A store under test, with what must live as long as it and what cleans up after it.
+pub struct Harness {
+    store: DynStore,
+    guard: Option<Box<dyn Any + Send>>,
+    teardown: Option<BoxFuture<'static, ()>>,
+}
+
+impl Harness {
+    pub fn new(store: impl Store) -> Self {
+        Harness {
+            store: std::sync::Arc::new(store),
+            guard: None,
+            teardown: None,
+        }
+    }
+
+    /// Keeps `guard` (a temporary directory, say) alive until the test is over.
+    pub fn with_guard(mut self, guard: impl Any + Send) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
+    /// Runs `teardown` after the test, whether it passed or panicked.
+    pub fn with_teardown(mut self, teardown: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.teardown = Some(Box::pin(teardown));
+        self
+    }
+
+    pub async fn run<F, Fut>(self, test: F)
+    where
+        F: FnOnce(DynStore) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let Harness {
+            store,
+            guard,
+            teardown,
+        } = self;
+        let outcome = AssertUnwindSafe(test(store)).catch_unwind().await;
+        if let Some(teardown) = teardown {
+            teardown.await;
+        }
+        drop(guard);
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// A 32-hex-digit run id whose leading digits are `prefix`.
+fn run_id(prefix: &str, n: u32) -> String {
+    format!("{prefix}{:0width$x}", n, width = 32 - prefix.len())
+}
+
+fn new_run(id: &str, pipeline: &str, created_at: i64) -> NewRun {
+    NewRun {
+        id: id.to_owned(),
+        pipeline_name: pipeline.to_owned(),
+        pipeline_digest: format!("blake3:{pipeline}-v1"),
+        pipeline_spec: json!({"name": pipeline, "steps": {"a": {"run": ["true"]}}}),
+        source: Some(format!("{pipeline}.yaml")),
+        params: json!({"rows": 2000, "rate": 0.5, "tags": ["x", "y"], "nested": {"k": null}}),
+        options: json!({"parallelism": 2, "no_cache": false}),
+        created_at,
+    }
+}
+
+fn start(name: &str, attempt: u32, at: i64) -> TaskStart {
+    TaskStart {
+        name: name.to_owned(),
+        step: name.split('[').next().unwrap_or(name).to_owned(),
+        iteration: None,
+        attempt,
+        executor: "local".to_owned(),
+        resources: json!({"cpu": 1}),
+        cache_key: Some(format!("key-{name}")),
+        log_uri: Some(format!("logs/{name}.log")),
+        input_parameters: BTreeMap::from([("rows".to_owned(), json!(2000))]),
+        input_artifacts: BTreeMap::new(),
+        started_at: at,
+    }
+}
+
+fn finish(name: &str, status: TaskStatus, at: i64) -> TaskFinish {
+    TaskFinish {
+        name: name.to_owned(),
+        step: name.to_owned(),
+        iteration: None,
+        status,
+        exit_code: Some(if status == TaskStatus::Failed { 1 } else { 0 }),
+        message: None,
+        output_parameters: BTreeMap::new(),
+        new_artifacts: Vec::new(),
+        reused_artifacts: BTreeMap::new(),
+        cached_from: None,
+        cache_key: None,
+        ended_at: at,
+    }
+}
+
+fn artifact(id: &str, name: &str) -> NewArtifact {
+    NewArtifact {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        uri: format!("artifacts/{id}"),
+        digest: format!("blake3:{id}"),
+        size: 5_000_000_000,
+        type_name: "Dataset".to_owned(),
+        is_dir: true,
+        metadata: json!({"rows": 10}),
+    }
+}
+
+fn reference(id: &str) -> ArtifactRef {
+    ArtifactRef {
+        id: id.to_owned(),
+        uri: format!("artifacts/{id}"),
+        digest: format!("blake3:{id}"),
+    }
+}
+
+async fn started_run(store: &DynStore, id: &str) {
+    store
+        .create_run(new_run(id, "pipe", 1_000))
+        .await
+        .expect("create run");
+}
+
+pub async fn create_run_records_a_pending_run(store: DynStore) {
+    let id = run_id("a1", 1);
+    let run = store
+        .create_run(new_run(&id, "quickstart", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(run.id, id);
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!(run.pipeline_name, "quickstart");
+    assert_eq!(run.pipeline_digest, "blake3:quickstart-v1");
+    assert_eq!(run.params, new_run(&id, "quickstart", 0).params);
+    assert_eq!(run.options, json!({"parallelism": 2, "no_cache": false}));
+    assert_eq!(
+        run.pipeline_spec,
+        new_run(&id, "quickstart", 0).pipeline_spec
+    );
+    assert_eq!(run.source.as_deref(), Some("quickstart.yaml"));
+    assert_eq!(run.created_at, 1_000);
+    assert_eq!(
+        (run.started_at, run.ended_at, run.message.as_deref()),
+        (None, None, None)
+    );
+    assert!(!run.cancel_requested);
+    assert_eq!(run.owner, None);
+    assert_ne!(
+        run.experiment_id, 0,
+        "a pipeline's runs live in its own experiment, not Default"
+    );
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(run));
+}
+
+pub async fn create_run_reuses_pipeline_and_experiment(store: DynStore) {
+    let first = store
+        .create_run(new_run(&run_id("b1", 1), "train", 1))
+        .await
+        .unwrap();
+    let second = store
+        .create_run(new_run(&run_id("b1", 2), "train", 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.pipeline_id, second.pipeline_id,
+        "same name and digest: one pipeline"
+    );
+    assert_eq!(first.experiment_id, second.experiment_id);
+
+    let mut changed = new_run(&run_id("b1", 3), "train", 3);
+    changed.pipeline_digest = "blake3:train-v2".to_owned();
+    changed.pipeline_spec = json!({"name": "train", "version": 2});
+    let third = store.create_run(changed).await.unwrap();
+    assert_ne!(
+        third.pipeline_id, first.pipeline_id,
+        "a new digest is a new pipeline version"
+    );
+    assert_eq!(
+        third.experiment_id, first.experiment_id,
+        "the experiment is per pipeline name"
+    );
+    assert_eq!(third.pipeline_spec, json!({"name": "train", "version": 2}));
+
+    let other = store
+        .create_run(new_run(&run_id("b1", 4), "eval", 4))
+        .await
+        .unwrap();
+    assert_ne!(other.experiment_id, first.experiment_id);
+    assert_ne!(other.pipeline_id, first.pipeline_id);
+}
+
+pub async fn create_run_rejects_a_duplicate_id(store: DynStore) {
+    let id = run_id("c1", 1);
+    store.create_run(new_run(&id, "pipe", 1)).await.unwrap();
+    let err = store
+        .create_run(new_run(&id, "other", 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains(&id), "{err}");
+    assert_eq!(
+        store.get_run(&id).await.unwrap().unwrap().pipeline_name,
+        "pipe"
+    );
+    let empty = store.create_run(new_run("", "pipe", 1)).await.unwrap_err();
+    assert!(matches!(empty, StoreError::Invalid(_)), "{empty:?}");
+}
+
+pub async fn get_run_of_unknown_id_is_none(store: DynStore) {
+    assert_eq!(store.get_run(&run_id("d1", 1)).await.unwrap(), None);
+    assert_eq!(store.get_task("no-such-task").await.unwrap(), None);
+    assert_eq!(store.get_artifact("no-such-artifact").await.unwrap(), None);
+    assert!(store.list_tasks("no-such-run").await.unwrap().is_empty());
+    assert!(
+        store
+            .list_artifacts("no-such-run")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.run_contexts("no-such-run").await.unwrap().is_empty());
+}
+
+pub async fn set_run_status_tracks_start_and_end(store: DynStore) {
+    let id = run_id("e1", 1);
+    started_run(&store, &id).await;
+    store
+        .set_run_status(&id, RunStatus::Running, None, 2_000)
+        .await
+        .unwrap();
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.started_at, run.ended_at),
+        (RunStatus::Running, Some(2_000), None)
+    );
+
+    store
+        .set_run_status(&id, RunStatus::Failed, Some("step `a` failed"), 3_000)
+        .await
+        .unwrap();
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!((run.started_at, run.ended_at), (Some(2_000), Some(3_000)));
+    assert_eq!(run.message.as_deref(), Some("step `a` failed"));
+
+    // A resume: running again keeps the first start and is no longer ended.
+    store
+        .set_run_status(&id, RunStatus::Running, None, 4_000)
+        .await
+        .unwrap();
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.started_at, run.ended_at, run.message),
+        (Some(2_000), None, None)
+    );
+
+    store
+        .set_run_status(&id, RunStatus::Succeeded, None, 5_000)
+        .await
+        .unwrap();
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.ended_at),
+        (RunStatus::Succeeded, Some(5_000))
+    );
+}
+
+pub async fn owner_and_cancel_flags(store: DynStore) {
+    let id = run_id("f1", 1);
+    started_run(&store, &id).await;
+    store.set_run_owner(&id, Some("host-a:4242")).await.unwrap();
+    assert_eq!(
+        store.get_run(&id).await.unwrap().unwrap().owner.as_deref(),
+        Some("host-a:4242")
+    );
+    store.set_run_owner(&id, None).await.unwrap();
+    assert_eq!(store.get_run(&id).await.unwrap().unwrap().owner, None);
+
+    store.request_cancel(&id).await.unwrap();
+    assert!(store.get_run(&id).await.unwrap().unwrap().cancel_requested);
+    store.request_cancel(&id).await.unwrap();
+    assert!(store.get_run(&id).await.unwrap().unwrap().cancel_requested);
+    store.clear_cancel(&id).await.unwrap();
+    assert!(!store.get_run(&id).await.unwrap().unwrap().cancel_requested);
+}
+
+pub async fn run_updates_of_unknown_run_are_not_found(store: DynStore) {
+    let id = run_id("f2", 1);
+    let results = [
+        store.set_run_status(&id, RunStatus::Running, None, 1).await,
+        store.set_run_owner(&id, Some("h:1")).await,
+        store.request_cancel(&id).await,
+        store.clear_cancel(&id).await,
+        store.task_pending(&id, "a", None).await,
+    ];
+    for result in results {
+        let err = result.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    }
+}
+
+pub async fn resolve_run_id_by_exact_id_and_prefix(store: DynStore) {
+    let alpha = run_id("abcd1", 1);
+    let beta = run_id("abcd2", 2);
+    let gamma = run_id("ffff", 3);
+    for id in [&alpha, &beta, &gamma] {
+        started_run(&store, id).await;
+    }
+    assert_eq!(store.resolve_run_id(&alpha).await.unwrap(), alpha);
+    assert_eq!(store.resolve_run_id("abcd1").await.unwrap(), alpha);
+    assert_eq!(store.resolve_run_id("ffff").await.unwrap(), gamma);
+
+    let err = store.resolve_run_id("abcd").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&alpha) && text.contains(&beta) && !text.contains(&gamma),
+        "{text}"
+    );
+
+    let err = store.resolve_run_id("0123").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = store.resolve_run_id("ABCD1").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "prefixes are case-sensitive: {err:?}"
+    );
+    let err = store.resolve_run_id("ab%_").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_)),
+        "wildcards match literally: {err:?}"
+    );
+    let err = store.resolve_run_id("abc").await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+pub async fn list_runs_newest_first_with_filters(store: DynStore) {
+    let ids: Vec<String> = (1..=5).map(|n| run_id("g1", n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let pipeline = if n % 2 == 0 { "even" } else { "odd" };
+        store
+            .create_run(new_run(id, pipeline, 1_000 * (n as i64 + 1)))
+            .await
+            .unwrap();
+    }
+    // Two runs created in the same millisecond still come back newest first.
+    let twin = run_id("g2", 6);
+    store
+        .create_run(new_run(&twin, "odd", 5_000))
+        .await
+        .unwrap();
+    store
+        .set_run_status(&ids[1], RunStatus::Succeeded, None, 9_000)
+        .await
+        .unwrap();
+
+    let listed = |runs: Vec<crate::RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = listed(store.list_runs(&RunFilter::default()).await.unwrap());
+    assert_eq!(
+        all,
+        vec![
+            twin.clone(),
+            ids[4].clone(),
+            ids[3].clone(),
+            ids[2].clone(),
+            ids[1].clone(),
+            ids[0].clone()
+        ]
+    );
+
+    let filter = RunFilter {
+        pipeline: Some("even".to_owned()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(store.list_runs(&filter).await.unwrap()),
+        vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
+    );
+
+    let filter = RunFilter {
+        status: Some(RunStatus::Succeeded),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(store.list_runs(&filter).await.unwrap()),
+        vec![ids[1].clone()]
+    );
+
+    let filter = RunFilter {
+        created_after: Some(4_000),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(store.list_runs(&filter).await.unwrap()),
+        vec![twin.clone(), ids[4].clone(), ids[3].clone()]
+    );
+
+    let filter = RunFilter {
+        limit: Some(2),
+        offset: Some(1),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(store.list_runs(&filter).await.unwrap()),
+        vec![ids[4].clone(), ids[3].clone()]
+    );
+
+    let filter = RunFilter {
+        pipeline: Some("odd".to_owned()),
+        status: Some(RunStatus::Pending),
+        created_after: Some(1),
+        limit: Some(10),
+        offset: None,
+    };
+    assert_eq!(
+        listed(store.list_runs(&filter).await.unwrap()),
+        vec![twin, ids[3].clone()]
+    );
+
+    let filter = RunFilter {
+        pipeline: Some("none".to_owned()),
+        ..RunFilter::default()
+    };
+    assert!(store.list_runs(&filter).await.unwrap().is_empty());
+}
+
+/// Makes a run in which task `producer` produced artifact `artifact_id` as output `data`.
+async fn produced(store: &DynStore, run: &str, producer: &str, artifact_id: &str) {
+    store
+        .task_started(run, start(producer, 1, 10))
+        .await
+        .unwrap();
+    let mut done = finish(producer, TaskStatus::Succeeded, 20);
+    done.new_artifacts.push(artifact(artifact_id, "data"));
+    store.task_finished(run, done).await.unwrap();
+}
+
+pub async fn task_started_upserts_and_records_inputs(store: DynStore) {
+    let run = run_id("h1", 1);
+    started_run(&store, &run).await;
+    produced(&store, &run, "data", "art-h1").await;
+
+    let mut train = start("train[0]", 1, 100);
+    train.iteration = Some(0);
+    train
+        .input_artifacts
+        .insert("dataset".to_owned(), reference("art-h1"));
+    let id = store.task_started(&run, train).await.unwrap();
+
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.id, id);
+    assert_eq!(task.run_id, run);
+    assert_eq!(
+        (task.name.as_str(), task.step.as_str(), task.iteration),
+        ("train[0]", "train", Some(0))
+    );
+    assert_eq!((task.status, task.attempts), (TaskStatus::Running, 1));
+    assert_eq!(task.executor.as_deref(), Some("local"));
+    assert_eq!(task.resources, json!({"cpu": 1}));
+    assert_eq!(task.cache_key.as_deref(), Some("key-train[0]"));
+    assert_eq!(task.log_uri.as_deref(), Some("logs/train[0].log"));
+    assert_eq!(
+        (task.created_at, task.started_at, task.ended_at),
+        (100, Some(100), None)
+    );
+    assert_eq!(
+        (task.exit_code, task.finish_seq, task.cached_from),
+        (None, None, None)
+    );
+    assert_eq!(
+        task.inputs.parameters,
+        BTreeMap::from([("rows".to_owned(), json!(2000))])
+    );
+    assert_eq!(
+        task.inputs.artifacts,
+        BTreeMap::from([("dataset".to_owned(), reference("art-h1"))])
+    );
+    assert!(task.outputs.artifacts.is_empty() && task.outputs.parameters.is_empty());
+
+    let events = store.task_events(&id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].kind,
+            events[0].name.as_str(),
+            events[0].artifact_id.as_str()
+        ),
+        (EventKind::Input, "dataset", "art-h1")
+    );
+
+    let names: Vec<String> = store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["data", "train[0]"]);
+}
+
+pub async fn task_retry_keeps_id_and_does_not_duplicate_inputs(store: DynStore) {
+    let run = run_id("i1", 1);
+    started_run(&store, &run).await;
+    produced(&store, &run, "data", "art-i1").await;
+    let mut train = start("train", 1, 100);
+    train
+        .input_artifacts
+        .insert("dataset".to_owned(), reference("art-i1"));
+    let id = store.task_started(&run, train.clone()).await.unwrap();
+
+    let mut failed = finish("train", TaskStatus::Failed, 150);
+    failed.message = Some("exit code 1".to_owned());
+    let record = store.task_finished(&run, failed).await.unwrap();
+    assert_eq!(
+        (record.status, record.exit_code, record.ended_at),
+        (TaskStatus::Failed, Some(1), Some(150))
+    );
+    assert_eq!(record.finish_seq, Some(2));
+
+    train.attempt = 2;
+    train.started_at = 200;
+    let again = store.task_started(&run, train).await.unwrap();
+    assert_eq!(again, id, "the task id is stable across attempts");
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((task.status, task.attempts), (TaskStatus::Running, 2));
+    assert_eq!((task.created_at, task.started_at), (100, Some(200)));
+    assert_eq!(
+        (task.ended_at, task.exit_code, task.message, task.finish_seq),
+        (None, None, None, None)
+    );
+    assert_eq!(
+        store.task_events(&id).await.unwrap().len(),
+        1,
+        "no duplicate input events"
+    );
+    assert_eq!(
+        store.artifact_events("art-i1").await.unwrap().len(),
+        2,
+        "one output, one input"
+    );
+    assert_eq!(store.list_tasks(&run).await.unwrap().len(), 2);
+}
+
+pub async fn task_started_rejects_unknown_run_and_artifact(store: DynStore) {
+    let err = store
+        .task_started(&run_id("j1", 9), start("a", 1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    let run = run_id("j1", 1);
+    started_run(&store, &run).await;
+    let mut task = start("a", 1, 1);
+    task.input_artifacts
+        .insert("x".to_owned(), reference("missing"));
+    let err = store.task_started(&run, task).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(
+        store.list_tasks(&run).await.unwrap().is_empty(),
+        "the failed start left no task"
+    );
+
+    let err = store
+        .task_started(&run, start("a", 0, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+pub async fn task_pending_keeps_attempts(store: DynStore) {
+    let run = run_id("k1", 1);
+    started_run(&store, &run).await;
+    let id = store.task_started(&run, start("a", 3, 10)).await.unwrap();
+    store
+        .task_pending(&run, "a", Some("retrying in 1s"))
+        .await
+        .unwrap();
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((task.status, task.attempts), (TaskStatus::Pending, 3));
+    assert_eq!(task.message.as_deref(), Some("retrying in 1s"));
+    assert_eq!(task.finish_seq, None);
+
+    let err = store.task_pending(&run, "nope", None).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn task_finished_records_outputs_and_lineage(store: DynStore) {
+    let run = run_id("l1", 1);
+    started_run(&store, &run).await;
+    let producer = store
+        .task_started(&run, start("data", 1, 10))
+        .await
+        .unwrap();
+    let mut done = finish("data", TaskStatus::Succeeded, 20);
+    done.output_parameters.insert("rows".to_owned(), json!(10));
+    done.output_parameters
+        .insert("score".to_owned(), json!(0.25));
+    done.new_artifacts.push(artifact("art-l1", "dataset"));
+    done.new_artifacts.push(NewArtifact {
+        is_dir: false,
+        ..artifact("art-l2", "report")
+    });
+    let record = store.task_finished(&run, done).await.unwrap();
+    assert_eq!(record.id, producer);
+    assert_eq!(
+        (record.status, record.exit_code, record.finish_seq),
+        (TaskStatus::Succeeded, Some(0), Some(1))
+    );
+    assert_eq!(record.attempts, 1);
+    assert_eq!(
+        record.outputs.parameters,
+        BTreeMap::from([
+            ("rows".to_owned(), json!(10)),
+            ("score".to_owned(), json!(0.25))
+        ])
+    );
+    assert_eq!(
+        record.outputs.artifacts,
+        BTreeMap::from([
+            ("dataset".to_owned(), reference("art-l1")),
+            ("report".to_owned(), reference("art-l2"))
+        ])
+    );
+    assert_eq!(store.get_task(&producer).await.unwrap(), Some(record));
+
+    let stored = store.get_artifact("art-l1").await.unwrap().unwrap();
+    assert_eq!(stored.name, "dataset");
+    assert_eq!(
+        (stored.uri.as_str(), stored.digest.as_str()),
+        ("artifacts/art-l1", "blake3:art-l1")
+    );
+    assert_eq!((stored.size, stored.is_dir), (5_000_000_000, true));
+    assert_eq!(
+        (stored.type_name.as_str(), stored.metadata.clone()),
+        ("Dataset", json!({"rows": 10}))
+    );
+    assert_eq!(
+        (stored.created_at, stored.run_id.as_str()),
+        (20, run.as_str())
+    );
+    assert_eq!(stored.producer_task_id, producer);
+    assert!(!store.get_artifact("art-l2").await.unwrap().unwrap().is_dir);
+    let listed: Vec<String> = store
+        .list_artifacts(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(listed, vec!["art-l1", "art-l2"]);
+
+    let mut consume = start("train", 1, 30);
+    consume
+        .input_artifacts
+        .insert("data".to_owned(), reference("art-l1"));
+    let consumer = store.task_started(&run, consume).await.unwrap();
+
+    let events = store.artifact_events("art-l1").await.unwrap();
+    let seen: Vec<(String, EventKind, String)> = events
+        .iter()
+        .map(|e| (e.task_id.clone(), e.kind, e.name.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (producer.clone(), EventKind::Output, "dataset".to_owned()),
+            (consumer.clone(), EventKind::Input, "data".to_owned())
+        ]
+    );
+    assert!(events.iter().all(|e| e.artifact_id == "art-l1"));
+    assert_eq!((events[0].created_at, events[1].created_at), (20, 30));
+
+    let producer_events = store.task_events(&producer).await.unwrap();
+    assert_eq!(producer_events.len(), 2);
+    assert!(
+        producer_events
+            .iter()
+            .all(|e| e.kind == EventKind::Output && e.task_id == producer)
+    );
+    let consumer_events = store.task_events(&consumer).await.unwrap();
+    assert_eq!(consumer_events.len(), 1);
+    assert_eq!(
+        (
+            consumer_events[0].kind,
+            consumer_events[0].artifact_id.as_str()
+        ),
+        (EventKind::Input, "art-l1")
+    );
+}
+
+pub async fn task_finished_creates_skipped_and_cached_tasks(store: DynStore) {
+    let first = run_id("m1", 1);
+    started_run(&store, &first).await;
+    store
+        .task_started(&first, start("data", 1, 10))
+        .await
+        .unwrap();
+    let mut done = finish("data", TaskStatus::Succeeded, 20);
+    done.output_parameters.insert("rows".to_owned(), json!(10));
+    done.new_artifacts.push(artifact("art-m1", "dataset"));
+    let source = store.task_finished(&first, done).await.unwrap();
+
+    let second = run_id("m1", 2);
+    started_run(&store, &second).await;
+    let mut cached = finish("data", TaskStatus::Cached, 500);
+    cached.exit_code = None;
+    cached.output_parameters = source.outputs.parameters.clone();
+    cached.reused_artifacts = source.outputs.artifacts.clone();
+    cached.cached_from = Some(source.id.clone());
+    cached.cache_key = Some("key-data".to_owned());
+    let hit = store.task_finished(&second, cached).await.unwrap();
+    assert_ne!(hit.id, source.id);
+    assert_eq!(
+        (hit.status, hit.attempts, hit.started_at),
+        (TaskStatus::Cached, 0, None)
+    );
+    assert_eq!(
+        (hit.created_at, hit.ended_at, hit.finish_seq),
+        (500, Some(500), Some(1))
+    );
+    assert_eq!(hit.cached_from.as_deref(), Some(source.id.as_str()));
+    assert_eq!(hit.cache_key.as_deref(), Some("key-data"));
+    assert_eq!(
+        hit.outputs, source.outputs,
+        "a cached task's outputs include the reused artifacts"
+    );
+    assert_eq!(store.list_tasks(&second).await.unwrap(), vec![hit.clone()]);
+    assert!(
+        store.list_artifacts(&second).await.unwrap().is_empty(),
+        "reused, not copied"
+    );
+    let events = store.artifact_events("art-m1").await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.kind == EventKind::Output));
+
+    let mut skipped = finish("register", TaskStatus::Skipped, 600);
+    skipped.exit_code = None;
+    skipped.message = Some("condition was false".to_owned());
+    let record = store.task_finished(&second, skipped).await.unwrap();
+    assert_eq!(
+        (record.status, record.attempts, record.finish_seq),
+        (TaskStatus::Skipped, 0, Some(2))
+    );
+    assert_eq!(record.message.as_deref(), Some("condition was false"));
+    assert_eq!((record.executor, record.cache_key), (None, None));
+    assert_eq!(record.resources, json!({}));
+
+    let err = store
+        .task_finished(&run_id("m1", 9), finish("x", TaskStatus::Skipped, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn finish_seq_follows_finish_order(store: DynStore) {
+    let run = run_id("n1", 1);
+    started_run(&store, &run).await;
+    for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+        store
+            .task_started(&run, start(name, 1, n as i64))
+            .await
+            .unwrap();
+    }
+    for (name, seq) in [("c", 1), ("a", 2)] {
+        let record = store
+            .task_finished(&run, finish(name, TaskStatus::Succeeded, 10))
+            .await
+            .unwrap();
+        assert_eq!(record.finish_seq, Some(seq));
+    }
+    // Going back to pending (a retry) is not a finish and takes no number.
+    let mut retry = finish("b", TaskStatus::Pending, 11);
+    retry.exit_code = Some(1);
+    let pending = store.task_finished(&run, retry).await.unwrap();
+    assert_eq!(
+        (pending.status, pending.finish_seq, pending.ended_at),
+        (TaskStatus::Pending, None, None)
+    );
+    let record = store
+        .task_finished(&run, finish("b", TaskStatus::Failed, 12))
+        .await
+        .unwrap();
+    assert_eq!(record.finish_seq, Some(3));
+
+    // Another run numbers its own finishes from 1.
+    let other = run_id("n1", 2);
+    started_run(&store, &other).await;
+    let record = store
+        .task_finished(&other, finish("a", TaskStatus::Skipped, 1))
+        .await
+        .unwrap();
+    assert_eq!(record.finish_seq, Some(1));
+
+    let tasks = store.list_tasks(&run).await.unwrap();
+    let order: Vec<(&str, Option<i64>)> = tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.finish_seq))
+        .collect();
+    assert_eq!(
+        order,
+        vec![("a", Some(2)), ("b", Some(3)), ("c", Some(1))],
+        "creation order, finish numbers"
+    );
+}
+
+pub async fn concurrent_finishes_get_distinct_finish_seq(store: DynStore) {
+    let run = run_id("o1", 1);
+    started_run(&store, &run).await;
+    let mut handles = Vec::new();
+    for n in 0..16 {
+        let store = store.clone();
+        let run = run.clone();
+        handles.push(tokio::spawn(async move {
+            let name = format!("t[{n}]");
+            store.task_started(&run, start(&name, 1, n)).await.unwrap();
+            let mut done = finish(&name, TaskStatus::Succeeded, 100 + n);
+            done.new_artifacts
+                .push(artifact(&format!("art-o-{n}"), "out"));
+            store
+                .task_finished(&run, done)
+                .await
+                .unwrap()
+                .finish_seq
+                .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for handle in handles {
+        seqs.push(handle.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=16).collect::<Vec<i64>>());
+    assert_eq!(store.list_artifacts(&run).await.unwrap().len(), 16);
+}
+
+pub async fn cache_lookup_finds_latest_succeeded_task(store: DynStore) {
+    assert_eq!(store.cache_lookup("key-data").await.unwrap(), None);
+    let old = run_id("p1", 1);
+    let new = run_id("p1", 2);
+    let failing = run_id("p1", 3);
+    for id in [&old, &new, &failing] {
+        started_run(&store, id).await;
+    }
+    produced(&store, &old, "data", "art-p1").await;
+    store
+        .task_started(&new, start("data", 1, 30))
+        .await
+        .unwrap();
+    let mut done = finish("data", TaskStatus::Succeeded, 40);
+    done.new_artifacts.push(artifact("art-p2", "data"));
+    let newest = store.task_finished(&new, done).await.unwrap();
+    store
+        .task_started(&failing, start("data", 1, 50))
+        .await
+        .unwrap();
+    store
+        .task_finished(&failing, finish("data", TaskStatus::Failed, 60))
+        .await
+        .unwrap();
+    // Running tasks with the key are not results either.
+    let running = run_id("p1", 4);
+    started_run(&store, &running).await;
+    store
+        .task_started(&running, start("data", 1, 70))
+        .await
+        .unwrap();
+
+    let hit = store.cache_lookup("key-data").await.unwrap().unwrap();
+    assert_eq!(hit, newest);
+    assert_eq!(hit.outputs.artifacts["data"], reference("art-p2"));
+    assert_eq!(store.cache_lookup("key-other").await.unwrap(), None);
+
+    // A cache hit recorded with the key is itself `cached`, never `succeeded`: no chains.
+    let reuse = run_id("p1", 5);
+    started_run(&store, &reuse).await;
+    let mut cached = finish("data", TaskStatus::Cached, 80);
+    cached.cached_from = Some(hit.id.clone());
+    cached.cache_key = Some("key-data".to_owned());
+    cached.reused_artifacts = hit.outputs.artifacts.clone();
+    store.task_finished(&reuse, cached).await.unwrap();
+    assert_eq!(
+        store.cache_lookup("key-data").await.unwrap().unwrap().id,
+        newest.id
+    );
+}
+
+pub async fn failed_task_finished_leaves_nothing_behind(store: DynStore) {
+    let run = run_id("q1", 1);
+    started_run(&store, &run).await;
+    produced(&store, &run, "data", "art-q1").await;
+    let mut train = start("train", 1, 30);
+    train
+        .input_artifacts
+        .insert("data".to_owned(), reference("art-q1"));
+    let id = store.task_started(&run, train).await.unwrap();
+    let before = store.get_task(&id).await.unwrap().unwrap();
+    let events_before = store.task_events(&id).await.unwrap();
+
+    let mut done = finish("train", TaskStatus::Succeeded, 40);
+    done.output_parameters
+        .insert("accuracy".to_owned(), json!(0.9));
+    done.new_artifacts.push(artifact("art-q2", "model"));
+    // The id of an existing artifact: the insert fails after the task row and the first
+    // artifact were already written inside the transaction.
+    done.new_artifacts.push(artifact("art-q1", "metrics"));
+    let err = store.task_finished(&run, done).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("art-q1"), "{err}");
+
+    assert_eq!(store.get_task(&id).await.unwrap().unwrap(), before);
+    assert_eq!(store.task_events(&id).await.unwrap(), events_before);
+    assert_eq!(store.get_artifact("art-q2").await.unwrap(), None);
+    assert_eq!(store.list_artifacts(&run).await.unwrap().len(), 1);
+
+    // The rolled-back finish took no number: the next finish of the run is still 2.
+    let retried = store
+        .task_finished(&run, finish("train", TaskStatus::Failed, 50))
+        .await
+        .unwrap();
+    assert_eq!(retried.finish_seq, Some(2));
+
+    // A cache hit that fails to record leaves no task row.
+    let mut skipped = finish("ghost", TaskStatus::Cached, 60);
+    skipped
+        .reused_artifacts
+        .insert("model".to_owned(), reference("never-stored"));
+    let err = store.task_finished(&run, skipped).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let names: Vec<String> = store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["data", "train"]);
+}
+
+pub async fn task_finished_validates_its_input(store: DynStore) {
+    let run = run_id("r1", 1);
+    started_run(&store, &run).await;
+    let err = store
+        .task_finished(&run, finish("a", TaskStatus::Running, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+
+    produced(&store, &run, "data", "art-r1").await;
+    let mut twice = finish("b", TaskStatus::Succeeded, 2);
+    twice.new_artifacts.push(artifact("art-r2", "out"));
+    twice
+        .reused_artifacts
+        .insert("out".to_owned(), reference("art-r1"));
+    let err = store.task_finished(&run, twice).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("`out`"), "{err}");
+
+    let mut huge = finish("c", TaskStatus::Succeeded, 3);
+    huge.new_artifacts.push(NewArtifact {
+        size: u64::MAX,
+        ..artifact("art-r3", "out")
+    });
+    let err = store.task_finished(&run, huge).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert_eq!(store.list_tasks(&run).await.unwrap().len(), 1);
+}
+
+pub async fn run_contexts_are_shared_per_pipeline(store: DynStore) {
+    let first = run_id("s1", 1);
+    let second = run_id("s1", 2);
+    started_run(&store, &first).await;
+    started_run(&store, &second).await;
+    let a = store.run_contexts(&first).await.unwrap();
+    let b = store.run_contexts(&second).await.unwrap();
+    let kinds: Vec<(&str, &str)> = a
+        .iter()
+        .map(|c| (c.kind.as_str(), c.name.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("pipeline", "pipe"), ("run", first.as_str())]);
+    assert_eq!(a[0], b[0], "runs of one pipeline share its context");
+    assert_ne!(a[1].id, b[1].id);
+    assert_eq!(b[1].name, second);
+}

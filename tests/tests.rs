@@ -1,0 +1,10 @@
+//! capstan's integration tests: one binary (it links once) driving the real `capstan` command
+//! against temporary workspaces, real processes, SQLite and, when configured, PostgreSQL.
+
+mod util;
+
+mod faults;
+mod inspect;
+mod quickstart;
+mod resume;
+mod validation;

@@ -1,0 +1,212 @@
+//! A small harness for driving the `capstan` binary: a temporary workspace and pipeline files,
+//! and commands whose output and exit code the tests inspect.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Dir {
+    tmp: tempfile::TempDir,
+    pub home: PathBuf,
+    /// Extra global flags (for example a PostgreSQL store).
+    pub global: Vec<String>,
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The run id: the first line `capstan run` prints.
+    pub fn run_id(&self) -> String {
+        self.stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    pub fn ok(&self) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_capstan")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let home = tmp.path().join("ws");
+        Dir {
+            tmp,
+            home,
+            global: vec![],
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes a file under the test directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.tmp.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--home").arg(&self.home);
+        cmd.args(&self.global);
+        cmd.args(args);
+        cmd.current_dir(self.tmp.path());
+        cmd.env_remove("CAPSTAN_HOME");
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("spawn capstan"))
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn capstan")
+    }
+
+    pub fn show(&self, run_id: &str) -> Value {
+        self.run(&["runs", "show", run_id, "--output", "json"])
+            .ok()
+            .json()
+    }
+}
+
+/// The task named `name` in a `runs show --output json` document.
+pub fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in {run:#}"))
+}
+
+/// Task name -> status.
+pub fn statuses(run: &Value) -> Vec<(String, String)> {
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for a child with a deadline, so that a hang fails the test instead of blocking CI.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until `f` returns true or the deadline passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); check /proc for its state as well.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// A fresh PostgreSQL database for one test, from `CAPSTAN_TEST_POSTGRES_URL` (an admin URL).
+/// Without it the test is skipped, unless `CAPSTAN_REQUIRE_POSTGRES=1` (as in CI).
+pub fn postgres_database(tag: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("CAPSTAN_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CAPSTAN_REQUIRE_POSTGRES").is_err(),
+            "CAPSTAN_REQUIRE_POSTGRES is set but CAPSTAN_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("skipping: CAPSTAN_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("capstan_cli_{tag}_{}", std::process::id());
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .arg(&admin)
+            .arg("-v")
+            .arg("ON_ERROR_STOP=1")
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    Some(format!("{base}/{name}"))
+}
