@@ -31,6 +31,14 @@ pub enum ArtifactError {
     #[error("unsafe path {path:?}: {reason}")]
     UnsafePath { path: String, reason: &'static str },
 
+    /// A run id or task name that cannot be part of a log path.
+    #[error("invalid {what} {name:?}: {reason}")]
+    BadName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+
     #[error("invalid artifact store url {url}: {reason}")]
     BadUrl { url: String, reason: String },
 

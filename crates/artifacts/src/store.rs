@@ -293,14 +293,16 @@ impl ArtifactStore {
         } else {
             check_segment(run_id)
         };
-        run_segment.map_err(|reason| ArtifactError::BadUri {
-            uri: format!("run id {run_id:?}"),
-            reason: reason.into(),
+        run_segment.map_err(|reason| ArtifactError::BadName {
+            what: "run id",
+            name: run_id.to_string(),
+            reason,
         })?;
         for segment in task.split('/') {
-            check_segment(segment).map_err(|reason| ArtifactError::BadUri {
-                uri: format!("task name {task:?}"),
-                reason: reason.into(),
+            check_segment(segment).map_err(|reason| ArtifactError::BadName {
+                what: "task name",
+                name: task.to_string(),
+                reason,
             })?;
         }
         let rel = format!("logs/{run_id}/{task}.{attempt}.log");
@@ -436,17 +438,21 @@ impl ArtifactStore {
             return Ok((hex, scanned.size, is_dir));
         }
         let blob = child_path(prefix, &format!("blobs/{hex}"));
-        let Node::Dir { .. } = &scanned.node else {
-            upload_node(store, &scanned.node, &blob, path).await?;
+        if let Node::File { source, digest, .. } = &scanned.node {
+            upload_file(store, source, &blob, Some((*digest, path))).await?;
             return Ok((hex, scanned.size, false));
-        };
+        }
         let mut entries = Vec::new();
         for entry in scanned.node.flatten() {
             let rel = entry_rel(path, &entry.rel)?;
             match entry.node {
-                Node::File { size, digest, .. } => {
+                Node::File {
+                    source,
+                    size,
+                    digest,
+                } => {
                     let key = child_path(&blob, &rel);
-                    upload_node(store, entry.node, &key, path).await?;
+                    upload_file(store, source, &key, Some((*digest, path))).await?;
                     entries.push(ManifestEntry {
                         path: rel,
                         kind: EntryKind::File,
@@ -690,18 +696,6 @@ fn entry_rel(root: &Path, rel: &Path) -> Result<String, ArtifactError> {
         parts.push(part);
     }
     Ok(parts.join("/"))
-}
-
-async fn upload_node(
-    store: &Arc<dyn ObjectStore>,
-    node: &Node,
-    key: &ObjPath,
-    storing: &Path,
-) -> Result<(), ArtifactError> {
-    let Node::File { source, digest, .. } = node else {
-        unreachable!("only files are uploaded as objects");
-    };
-    upload_file(store, source, key, Some((*digest, storing))).await
 }
 
 /// Streams a local file into one object. With `expected`, the bytes sent are hashed on the way and

@@ -228,6 +228,11 @@ macro_rules! artifact_store_suite {
                 store.finish_log(&local, &uri).await.unwrap();
                 assert_eq!(store.read_log(&uri).await.unwrap(), b"line 1\nline 2\n");
 
+                let err = store.log_path("r", "a/../b", 1).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    "invalid task name \"a/../b\": '.' and '..' segments are not allowed"
+                );
                 assert!(store.log_path("../x", "t", 1).is_err());
                 assert!(store.log_path("r", "a/../b", 1).is_err());
                 assert!(store.log_path("r/s", "t", 1).is_err());

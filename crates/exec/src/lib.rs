@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-pub use local::LocalExecutor;
+pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
 
 /// One attempt of one task, with every template already resolved.
 #[derive(Debug, Clone)]
