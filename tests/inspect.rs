@@ -123,3 +123,37 @@ fn artifact_uris_outside_the_store_are_rejected() {
     assert_ne!(out.code, Some(0));
     assert!(!target.exists());
 }
+
+#[test]
+fn logs_follow_streams_until_the_run_ends() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "p.yaml",
+        "name: x\nsteps:\n  talk: {run: [sh, -c, \"for i in 1 2 3; do echo line $i; sleep 0.3; done\"]}\n  after: {run: [echo, bye], after: [talk]}\n",
+    );
+    let out = dir.run(&["run", path.to_str().unwrap(), "--detach"]);
+    let id = out.ok().run_id();
+    let follow = dir.run(&["runs", "logs", &id, "--follow"]);
+    let text = follow.ok().stdout.clone();
+    for want in ["[talk] line 1", "[talk] line 3", "[after] bye"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    assert_eq!(dir.show(&id)["status"], "succeeded");
+}
+
+#[test]
+fn output_symlink_escaping_the_output_is_rejected() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "p.yaml",
+        "name: x\nsteps:\n  sneaky:\n    run: [sh, -c, \"mkdir {{ outputs.d }} && ln -s /etc/passwd {{ outputs.d }}/leak\"]\n    outputs: {artifacts: {d: Artifact}}\n",
+    );
+    let out = dir.run(&["run", path.to_str().unwrap(), "-q"]);
+    assert_eq!(out.code, Some(1));
+    let run = dir.show(&out.run_id());
+    let msg = task(&run, "sneaky")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("symlink") || msg.contains("outside"), "{msg}");
+}

@@ -197,3 +197,32 @@ fn concurrent_runs_share_one_workspace() {
             .all(|r| r["status"] == "succeeded")
     );
 }
+
+#[test]
+fn a_killed_orchestrator_takes_its_running_step_with_it() {
+    let dir = Dir::new();
+    let pidfile = dir.path().join("step.pid");
+    let yaml = format!(
+        "name: x\nsteps:\n  long: {{run: [sh, -c, \"echo $$ > {}; exec sleep 60\"]}}\n",
+        pidfile.display()
+    );
+    let path = dir.write("p.yaml", &yaml);
+    let mut child = dir.spawn(&["run", path.to_str().unwrap(), "-q"]);
+    assert!(eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let step: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        eventually(Duration::from_secs(5), || !crate::util::pid_alive(step)),
+        "step {step} kept running after its orchestrator was killed"
+    );
+    // The run says it stopped; resume runs the step again.
+    let list = dir.run(&["runs", "list"]).ok().stdout.clone();
+    assert!(list.contains("capstan resume"), "{list}");
+}

@@ -97,6 +97,17 @@ impl Executor for LocalExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // If the orchestrator itself dies (kill -9, OOM), the step's leader dies with it rather
+        // than running on unobserved; `capstan resume` then runs the step again. The signal is
+        // tied to the spawning thread, a runtime worker that lives as long as the orchestrator.
+        #[cfg(target_os = "linux")]
+        // SAFETY: the closure only makes one async-signal-safe system call (prctl).
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => return Outcome::SpawnFailed(spawn_error(program, &err)),
