@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capstan_engine::Observer;
 use capstan_store::TaskStatus;
@@ -28,7 +28,7 @@ impl Display {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg}")
+                ProgressStyle::with_template("{spinner} {msg} · {elapsed}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -63,26 +63,22 @@ impl Display {
         }
     }
 
-    fn refresh(&self, state: &State, started: Instant) {
+    fn refresh(&self, state: &State) {
         let Some(bar) = &self.bar else { return };
         let count = |s: TaskStatus| state.status.values().filter(|v| **v == s).count();
         bar.set_message(format!(
-            "{} done · {} running · {} cached · {} failed · {} skipped · {:.1}s",
+            "{} done · {} running · {} cached · {} failed · {} skipped",
             count(TaskStatus::Succeeded),
             count(TaskStatus::Running),
             count(TaskStatus::Cached),
             count(TaskStatus::Failed),
             count(TaskStatus::Skipped),
-            started.elapsed().as_secs_f64()
         ));
     }
 }
 
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
 impl Observer for Display {
     fn task_changed(&self, task: &str, status: TaskStatus, message: Option<&str>) {
-        let started = *START.get_or_init(Instant::now);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.status.insert(task.to_string(), status);
         if self.bar.is_none()
@@ -97,7 +93,7 @@ impl Observer for Display {
             };
             self.print(&line);
         }
-        self.refresh(&state, started);
+        self.refresh(&state);
     }
 
     fn log(&self, task: &str, chunk: &[u8]) {

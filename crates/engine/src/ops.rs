@@ -81,25 +81,15 @@ pub async fn cancel_run(ws: &Workspace, run_id: &str, wait: Duration) -> Result<
         if t.status.is_terminal() {
             continue;
         }
-        store
-            .task_finished(
-                run_id,
-                TaskFinish {
-                    name: t.name.clone(),
-                    step: t.step.clone(),
-                    iteration: t.iteration,
-                    status: TaskStatus::Cancelled,
-                    exit_code: None,
-                    message: Some("cancelled".to_string()),
-                    output_parameters: Default::default(),
-                    new_artifacts: vec![],
-                    reused_artifacts: Default::default(),
-                    cached_from: None,
-                    cache_key: None,
-                    ended_at: now_millis(),
-                },
-            )
-            .await?;
+        let finish = TaskFinish::without_outputs(
+            &t.name,
+            &t.step,
+            t.iteration,
+            TaskStatus::Cancelled,
+            None,
+            Some("cancelled"),
+        );
+        store.task_finished(run_id, finish).await?;
     }
     store
         .set_run_status(

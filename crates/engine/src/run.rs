@@ -504,20 +504,14 @@ fn finish(
     exit_code: Option<i32>,
     message: Option<&str>,
 ) -> TaskFinish {
-    TaskFinish {
-        name: name.to_string(),
-        step: step.to_string(),
-        iteration: index.map(|i| i as i64),
+    TaskFinish::without_outputs(
+        name,
+        step,
+        index.map(|i| i as i64),
         status,
         exit_code,
-        message: message.map(str::to_string),
-        output_parameters: Default::default(),
-        new_artifacts: vec![],
-        reused_artifacts: Default::default(),
-        cached_from: None,
-        cache_key: None,
-        ended_at: now_millis(),
-    }
+        message,
+    )
 }
 
 /// How a stored task replays on resume.

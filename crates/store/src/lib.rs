@@ -235,6 +235,33 @@ pub struct TaskFinish {
     pub ended_at: Millis,
 }
 
+impl TaskFinish {
+    /// A finish with no outputs: a failure, a skip or a cancellation, now.
+    pub fn without_outputs(
+        name: &str,
+        step: &str,
+        iteration: Option<i64>,
+        status: TaskStatus,
+        exit_code: Option<i32>,
+        message: Option<&str>,
+    ) -> TaskFinish {
+        TaskFinish {
+            name: name.to_string(),
+            step: step.to_string(),
+            iteration,
+            status,
+            exit_code,
+            message: message.map(str::to_string),
+            output_parameters: BTreeMap::new(),
+            new_artifacts: vec![],
+            reused_artifacts: BTreeMap::new(),
+            cached_from: None,
+            cache_key: None,
+            ended_at: now_millis(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: String,
