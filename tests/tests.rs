@@ -4,6 +4,7 @@
 mod util;
 
 mod faults;
+mod features;
 mod inspect;
 mod quickstart;
 mod resume;
