@@ -78,12 +78,7 @@ fn native_features_end_to_end() {
         "an after-only dependency on a skipped step does not block"
     );
     let logs = dir
-        .run(&[
-            "runs",
-            "logs",
-            &run["id"].as_str().unwrap().to_string(),
-            "last",
-        ])
+        .run(&["runs", "logs", run["id"].as_str().unwrap(), "last"])
         .ok()
         .stdout
         .clone();

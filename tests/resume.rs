@@ -199,30 +199,44 @@ fn concurrent_runs_share_one_workspace() {
 }
 
 #[test]
-fn a_killed_orchestrator_takes_its_running_step_with_it() {
+fn resume_kills_the_steps_a_killed_orchestrator_left_behind() {
     let dir = Dir::new();
     let pidfile = dir.path().join("step.pid");
+    let marker = dir.path().join("second-attempt");
+    // The first attempt leaves a background grandchild and hangs; the retried one finishes.
     let yaml = format!(
-        "name: x\nsteps:\n  long: {{run: [sh, -c, \"echo $$ > {}; exec sleep 60\"]}}\n",
-        pidfile.display()
+        "name: x\nsteps:\n  long: {{run: [sh, -c, \"test -e {m} && exit 0; touch {m}; sleep 120 & echo $! > {p}; exec sleep 120\"]}}\n",
+        m = marker.display(),
+        p = pidfile.display()
     );
     let path = dir.write("p.yaml", &yaml);
     let mut child = dir.spawn(&["run", path.to_str().unwrap(), "-q"]);
     assert!(eventually(Duration::from_secs(20), || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
     }));
-    let step: i32 = std::fs::read_to_string(&pidfile)
+    let grandchild: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        eventually(Duration::from_secs(5), || !crate::util::pid_alive(step)),
-        "step {step} kept running after its orchestrator was killed"
-    );
-    // The run says it stopped; resume runs the step again.
+    // The run says it stopped, and how to go on.
     let list = dir.run(&["runs", "list"]).ok().stdout.clone();
     assert!(list.contains("capstan resume"), "{list}");
+    let id = dir.run(&["runs", "list", "--output", "json"]).ok().json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    dir.run(&["resume", &id]).ok();
+    assert!(
+        eventually(Duration::from_secs(5), || !crate::util::pid_alive(
+            grandchild
+        )),
+        "process {grandchild} of the killed orchestrator's step is still running"
+    );
+    let run = dir.show(&id);
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(task(&run, "long")["attempts"], 2);
 }

@@ -37,6 +37,45 @@ pub fn owner_alive(owner: &str) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// Kills processes left over from a run whose orchestrator died (kill -9, power loss): every
+/// step inherits `CAPSTAN_RUN_ID`, so its whole process tree can be found, grandchildren
+/// included. Called by resume before it runs the interrupted steps again. Returns how many
+/// processes were killed. Spawning steps without a death signal keeps the spawn on the fast
+/// path; this sweep pays the cost only when a run is resumed.
+pub(crate) fn kill_leftover_processes(run_id: &str) -> usize {
+    let needle = format!("CAPSTAN_RUN_ID={run_id}");
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            let target = nix::unistd::Pid::from_raw(pid as i32);
+            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelResult {
     /// The run's orchestrator was asked to cancel it; it stops its steps and records the end.
@@ -125,9 +164,9 @@ pub async fn read_logs(
             let Ok((_, uri)) = ws.artifacts.log_path(run_id, &t.name, attempt) else {
                 continue;
             };
-            if let Ok(bytes) = ws.artifacts.read_log(&uri).await {
-                out.push((t.name.clone(), attempt, bytes));
-            }
+            // A silent step has no log file: its log is empty.
+            let bytes = ws.artifacts.read_log(&uri).await.unwrap_or_default();
+            out.push((t.name.clone(), attempt, bytes));
         }
     }
     Ok(out)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::{owner_alive, owner_id};
+use crate::ops::{kill_leftover_processes, owner_alive, owner_id};
 use crate::task::{self, Attempt, AttemptResult};
 use crate::workspace::Workspace;
 
@@ -167,6 +167,16 @@ impl Engine {
         // tasks run again. A run that stopped part way keeps every recorded result.
         let retry_failed = run.status.is_terminal();
         let tasks = store.list_tasks(run_id).await?;
+        if tasks.iter().any(|t| t.status == TaskStatus::Running) {
+            let killed = kill_leftover_processes(run_id);
+            if killed > 0 {
+                tracing::info!(
+                    run_id,
+                    killed,
+                    "killed processes left over from the stopped orchestrator"
+                );
+            }
+        }
         let mut history = Vec::with_capacity(tasks.len());
         for t in &tasks {
             if t.status == TaskStatus::Running {
@@ -370,7 +380,20 @@ impl Engine {
         let view = machine.task(task);
         let step = view.step.clone();
         let mut bindings = Vec::new();
-        for r in step.templates().into_iter().flat_map(|t| t.refs()) {
+        // The `for_each` source was consumed when the step expanded; resolving it again for
+        // every iteration would copy the whole list once per item.
+        let source = match &step.for_each {
+            Some(capstan_spec::ForEach {
+                items: capstan_spec::ForEachItems::Ref(t),
+                ..
+            }) => Some(t),
+            _ => None,
+        };
+        let templates = step
+            .templates()
+            .into_iter()
+            .filter(|t| !source.is_some_and(|s| std::ptr::eq(*t, s)));
+        for r in templates.flat_map(|t| t.refs()) {
             if bindings.iter().any(|(seen, _)| seen == r) {
                 continue;
             }

