@@ -49,6 +49,13 @@ enum Command {
     /// Inspect artifacts.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Serve the MLflow-compatible tracking API, /health, /version and /metrics.
+    Server {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+    },
     /// Show where an artifact came from and what used it.
     Lineage {
         artifact_id: String,
@@ -206,6 +213,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Runs(cmd) => runs(&cli, cmd).await,
         Command::Artifacts(cmd) => artifacts(&cli, cmd).await,
+        Command::Server { host, port } => {
+            let ws = cli.workspace().await?;
+            let state = capstan_server::ServerState {
+                store: ws.store.clone(),
+                files: ws.artifacts.tracking_files()?,
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let bound = |addr| eprintln!("capstan server listening on http://{addr}");
+            capstan_server::serve((*host, *port).into(), state, bound, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lineage {
             artifact_id,
             direction,

@@ -8,4 +8,5 @@ mod features;
 mod inspect;
 mod quickstart;
 mod resume;
+mod tracking_python;
 mod validation;

@@ -8,12 +8,14 @@
 //! ([`safe_join`]), and where task logs live.
 
 mod error;
+mod files;
 mod fsio;
 mod paths;
 mod store;
 mod tree;
 
 pub use error::ArtifactError;
+pub use files::{FileEntry, TrackingFiles};
 pub use paths::safe_join;
 pub use store::{ArtifactStore, StoredArtifact};
 pub use tree::hash_path;

@@ -150,6 +150,31 @@ impl ArtifactStore {
         matches!(self.inner.backend, Backend::Local { .. })
     }
 
+    /// Named, mutable files under `tracking/` in this store, for the tracking server's artifact
+    /// proxy.
+    pub fn tracking_files(&self) -> Result<crate::TrackingFiles, ArtifactError> {
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let dir = root.join("tracking");
+                std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::io("create", &dir, e))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(
+                    |source| ArtifactError::Store {
+                        location: dir.display().to_string(),
+                        source,
+                    },
+                )?;
+                Ok(crate::TrackingFiles::new(
+                    Arc::new(local),
+                    ObjPath::default(),
+                ))
+            }
+            Backend::Remote { store, prefix } => Ok(crate::TrackingFiles::new(
+                store.clone(),
+                prefix.clone().join("tracking"),
+            )),
+        }
+    }
+
     /// Where remote blobs are materialised for steps.
     pub fn cache_dir(&self) -> &Path {
         &self.inner.cache_dir

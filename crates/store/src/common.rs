@@ -450,6 +450,10 @@ macro_rules! store_impl {
                 $backend
             }
 
+            fn tracking(&self) -> $crate::DynTrackingStore {
+                std::sync::Arc::new(self.clone())
+            }
+
             async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
                 if run.id.is_empty() {
                     return Err(StoreError::Invalid("a run id must not be empty".to_owned()));

@@ -376,6 +376,9 @@ pub trait Store: Send + Sync + 'static {
     async fn task_events(&self, task_id: &str) -> Result<Vec<EventRecord>>;
     /// Contexts (pipeline, run) a run's tasks and artifacts belong to.
     async fn run_contexts(&self, run_id: &str) -> Result<Vec<ContextRecord>>;
+
+    /// The experiment-tracking records of the same database.
+    fn tracking(&self) -> DynTrackingStore;
 }
 
 pub type DynStore = Arc<dyn Store>;
@@ -385,9 +388,15 @@ mod postgres;
 mod sqlite;
 #[doc(hidden)]
 pub mod test_suite;
+mod tracking;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use tracking::{
+    ACTIVE, Attribute, Clause, Comparator, DELETED, Dataset, DatasetInput, DynTrackingStore,
+    Entity, Experiment, ExperimentQuery, KeyValue, MAX_PAGE, Metric, NewTrackingRun, Operand,
+    OrderKey, Page, RunInfo, RunMetric, RunQuery, RunUpdate, TrackingRun, TrackingStore, ViewType,
+};
 
 /// Opens a store from a URI: `sqlite://PATH`, `sqlite::memory:`, `postgresql://...` (or
 /// `postgres://...`), or a plain file path (SQLite).

@@ -39,3 +39,9 @@ impl PostgresStore {
 }
 
 store_impl!(PostgresStore, PgConnection, "postgres");
+
+crate::tracking::tracking_impl!(
+    PostgresStore,
+    PgConnection,
+    crate::tracking::Dialect::Postgres
+);

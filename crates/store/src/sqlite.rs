@@ -101,3 +101,9 @@ impl SqliteStore {
 }
 
 store_impl!(SqliteStore, SqliteConnection, "sqlite");
+
+crate::tracking::tracking_impl!(
+    SqliteStore,
+    SqliteConnection,
+    crate::tracking::Dialect::Sqlite
+);

@@ -49,6 +49,7 @@ macro_rules! store_test_suite {
             failed_task_finished_leaves_nothing_behind,
             task_finished_validates_its_input,
             run_contexts_are_shared_per_pipeline,
+            tracking_runs_log_idempotently_and_search_in_sql,
         );
     };
     (@tests $make:expr; $($test:ident),* $(,)?) => {
@@ -1052,4 +1053,148 @@ pub async fn run_contexts_are_shared_per_pipeline(store: DynStore) {
     assert_eq!(a[0], b[0], "runs of one pipeline share its context");
     assert_ne!(a[1].id, b[1].id);
     assert_eq!(b[1].name, second);
+}
+
+pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {
+    use crate::{
+        Attribute, Clause, Comparator, Entity, KeyValue, Metric, NewTrackingRun, Operand, OrderKey,
+        RunQuery, ViewType,
+    };
+    let tracking = store.tracking();
+    let experiment = tracking
+        .create_experiment("tracked", None, &[KeyValue::new("team", "a")], 5)
+        .await
+        .unwrap();
+    let conflict = tracking.create_experiment("tracked", None, &[], 6).await;
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict(_))),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        tracking
+            .get_experiment(0)
+            .await
+            .unwrap()
+            .map(|e| e.name)
+            .as_deref(),
+        Some("Default")
+    );
+    for n in 0..3u32 {
+        let run_id = run_id("e", n);
+        tracking
+            .create_tracking_run(&NewTrackingRun {
+                run_id: run_id.clone(),
+                experiment_id: experiment.experiment_id,
+                name: format!("r{n}"),
+                user_id: "u".to_owned(),
+                start_time: i64::from(n),
+                artifact_uri: format!("mem:/{run_id}"),
+                tags: vec![],
+            })
+            .await
+            .unwrap();
+        let points: Vec<Metric> = (0..3)
+            .map(|step| Metric {
+                key: "acc".to_owned(),
+                value: f64::from(n) + f64::from(step) / 10.0,
+                timestamp: 1,
+                step: i64::from(step),
+            })
+            .collect();
+        let params = [KeyValue::new("n", n.to_string())];
+        for _ in 0..2 {
+            tracking
+                .log_batch(&run_id, &points, &params, &[])
+                .await
+                .unwrap();
+        }
+        let changed = tracking
+            .log_batch(&run_id, &[], &[KeyValue::new("n", "other")], &[])
+            .await;
+        assert!(
+            matches!(changed, Err(StoreError::Invalid(_))),
+            "{changed:?}"
+        );
+    }
+    let nan = Metric {
+        key: "nan".to_owned(),
+        value: f64::NAN,
+        timestamp: 1,
+        step: 0,
+    };
+    tracking
+        .log_batch(&run_id("e", 0), &[nan], &[], &[])
+        .await
+        .unwrap();
+    let history = tracking
+        .metric_history(&run_id("e", 1), "acc", 2, 0)
+        .await
+        .unwrap();
+    assert_eq!(history.items.len(), 2);
+    assert_eq!(history.next_offset, Some(2));
+    let run = tracking
+        .get_tracking_run(&run_id("e", 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        run.metrics
+            .iter()
+            .any(|m| m.key == "nan" && m.value.is_nan())
+    );
+    assert_eq!(
+        run.metrics.iter().find(|m| m.key == "acc").map(|m| m.value),
+        Some(0.2)
+    );
+
+    let query = RunQuery {
+        experiment_ids: vec![experiment.experiment_id],
+        clauses: vec![
+            Clause {
+                entity: Entity::Metric("acc".to_owned()),
+                comparator: Comparator::Ge,
+                value: Operand::Number(1.0),
+            },
+            Clause {
+                entity: Entity::Attribute(Attribute::RunName),
+                comparator: Comparator::Like,
+                value: Operand::Text("r%".to_owned()),
+            },
+        ],
+        order_by: vec![OrderKey {
+            entity: Entity::Param("n".to_owned()),
+            ascending: false,
+        }],
+        view: ViewType::ActiveOnly,
+        limit: 1,
+        offset: 0,
+    };
+    let first = tracking.search_tracking_runs(&query).await.unwrap();
+    assert_eq!(first.items[0].info.name, "r2");
+    let second = tracking
+        .search_tracking_runs(&RunQuery {
+            offset: first.next_offset.unwrap(),
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.items[0].info.name, "r1");
+    assert_eq!(second.next_offset, None);
+    let case_sensitive = RunQuery {
+        clauses: vec![Clause {
+            entity: Entity::Attribute(Attribute::RunName),
+            comparator: Comparator::Like,
+            value: Operand::Text("R%".to_owned()),
+        }],
+        limit: 10,
+        ..query
+    };
+    assert!(
+        tracking
+            .search_tracking_runs(&case_sensitive)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

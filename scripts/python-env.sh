@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates (or updates) the Python virtual environment that capstan's client-compatibility tests
+# use, at $CAPSTAN_VENV (default /var/tmp/capstan-venv). Idempotent: a second run only checks
+# that the pinned packages are present.
+#
+# Pinned: the mlflow client that tests/python/ checks wire compatibility against.
+set -euo pipefail
+VENV="${CAPSTAN_VENV:-/var/tmp/capstan-venv}"
+PACKAGES=(
+  "mlflow==3.17.2"
+  "scikit-learn"
+  "pytest"
+)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("mlflow") != "3.17.2")' 2>/dev/null \
+  && "$VENV/bin/python" -c 'import sklearn, pytest' 2>/dev/null; then
+  exit 0
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"

@@ -1,0 +1,235 @@
+"""The unmodified mlflow client against a live `capstan server`."""
+
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import mlflow
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_health_version_and_metrics(server_url, client):
+    with urllib.request.urlopen(server_url + "/version") as resp:
+        assert resp.read().decode()
+    client.search_experiments()
+    with urllib.request.urlopen(server_url + "/metrics") as resp:
+        assert "capstan_http_requests_total" in resp.read().decode()
+
+
+def test_default_experiment_and_experiment_lifecycle(client):
+    default = client.get_experiment("0")
+    assert default.name == "Default"
+    name = unique("exp")
+    exp_id = client.create_experiment(name, tags={"team": "a"})
+    exp = client.get_experiment_by_name(name)
+    assert exp.experiment_id == exp_id
+    assert exp.tags["team"] == "a"
+    assert exp.artifact_location == f"mlflow-artifacts:/{exp_id}"
+    client.set_experiment_tag(exp_id, "stage", "dev")
+    client.delete_experiment_tag(exp_id, "team")
+    assert client.get_experiment(exp_id).tags == {"stage": "dev"}
+    client.rename_experiment(exp_id, name + "-renamed")
+    assert client.get_experiment(exp_id).name == name + "-renamed"
+    client.delete_experiment(exp_id)
+    assert client.get_experiment(exp_id).lifecycle_stage == "deleted"
+    assert exp_id not in [e.experiment_id for e in client.search_experiments()]
+    client.restore_experiment(exp_id)
+    assert client.get_experiment(exp_id).lifecycle_stage == "active"
+    assert client.get_experiment_by_name(unique("missing")) is None
+    with pytest.raises(MlflowException) as err:
+        client.create_experiment(name + "-renamed")
+    assert err.value.error_code == "RESOURCE_ALREADY_EXISTS"
+
+
+def test_missing_experiment_by_name_is_404(server_url):
+    req = urllib.request.Request(
+        server_url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=nope-" + uuid.uuid4().hex
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 404
+    assert json.loads(err.value.read())["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_search_experiments_filter_and_pages(client):
+    prefix = unique("search")
+    ids = [client.create_experiment(f"{prefix}-{i}") for i in range(5)]
+    found = client.search_experiments(filter_string=f"name LIKE '{prefix}-%'", order_by=["name ASC"])
+    assert [e.experiment_id for e in found] == ids
+    page = client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=2)
+    assert len(page) == 2 and page.token
+    rest = client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=10, page_token=page.token)
+    assert len(rest) == 3
+
+
+def test_fluent_run_with_params_metrics_tags_and_nested_runs(client):
+    mlflow.set_experiment(unique("fluent"))
+    with mlflow.start_run(run_name="parent") as parent:
+        mlflow.log_param("lr", 0.1)
+        mlflow.log_params({"depth": 3, "kind": "tree"})
+        mlflow.log_param("lr", 0.1)  # the same value again is fine
+        for step in range(5):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        mlflow.log_metric("weird", float("nan"))
+        mlflow.log_metrics({"inf": float("inf"), "ninf": float("-inf")})
+        mlflow.set_tag("owner", "me")
+        with mlflow.start_run(run_name="child", nested=True) as child:
+            mlflow.log_metric("acc", 0.9)
+    run = client.get_run(parent.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "parent"
+    assert run.data.params == {"lr": "0.1", "depth": "3", "kind": "tree"}
+    assert run.data.metrics["loss"] == pytest.approx(0.2)
+    assert math.isnan(run.data.metrics["weird"])
+    assert run.data.metrics["inf"] == float("inf") and run.data.metrics["ninf"] == float("-inf")
+    assert run.data.tags["owner"] == "me"
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{run.info.experiment_id}/{run.info.run_id}/artifacts"
+    child_run = client.get_run(child.info.run_id)
+    assert child_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    history = client.get_metric_history(parent.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1, 2, 3, 4]
+    with pytest.raises(MlflowException) as err:
+        client.log_param(parent.info.run_id, "lr", 0.2)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def post(server_url, endpoint, body):
+    req = urllib.request.Request(
+        server_url + "/api/2.0/mlflow/" + endpoint,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    return urllib.request.urlopen(req)
+
+
+def test_log_batch_is_idempotent_and_limited(server_url, client):
+    exp = client.create_experiment(unique("batch"))
+    run = client.create_run(exp)
+    now = int(time.time() * 1000)
+    metrics = [Metric("m", float(i), now, i) for i in range(1000)]
+    for _ in range(3):
+        client.log_batch(run.info.run_id, metrics=metrics)
+    client.log_batch(run.info.run_id, metrics=[Metric("m", float(i), now, i) for i in range(1000, 3000)][:1000])
+    client.log_batch(run.info.run_id, metrics=[Metric("m", float(i), now, i) for i in range(2000, 3000)])
+    client.log_batch(run.info.run_id, params=[Param("p", "1")], tags=[RunTag("t", "x")])
+    history = client.get_metric_history(run.info.run_id, "m")
+    assert len(history) == 3000
+    assert client.get_run(run.info.run_id).data.metrics["m"] == 2999.0
+    # The client splits big batches itself: send an oversized one by hand.
+    params = [{"key": f"k{i}", "value": "v"} for i in range(101)]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        post(server_url, "runs/log-batch", {"run_id": run.info.run_id, "params": params})
+    assert err.value.code == 400
+    assert json.loads(err.value.read())["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_search_runs_filters_order_and_pages(client):
+    exp = client.create_experiment(unique("runs"))
+    ids = []
+    for i in range(7):
+        run = client.create_run(exp, run_name=f"r{i}", tags={"group": "even" if i % 2 == 0 else "odd"})
+        client.log_metric(run.info.run_id, "acc", i / 10)
+        client.log_param(run.info.run_id, "i", str(i))
+        if i < 6:
+            client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    found = client.search_runs([exp], "metrics.acc >= 0.3 AND tags.group = 'even'", order_by=["metrics.acc DESC"])
+    assert [r.info.run_name for r in found] == ["r6", "r4"]
+    found = client.search_runs([exp], "attributes.status = 'RUNNING'")
+    assert [r.info.run_id for r in found] == [ids[6]]
+    found = client.search_runs([exp], "params.i IN ('1', '2') AND attributes.run_name LIKE 'r%'", order_by=["params.i ASC"])
+    assert [r.info.run_name for r in found] == ["r1", "r2"]
+    found = client.search_runs([exp], "tags.`mlflow.runName` ILIKE 'R3'")
+    assert [r.info.run_name for r in found] == ["r3"]
+    default_order = client.search_runs([exp])
+    starts = [r.info.start_time for r in default_order]
+    assert starts == sorted(starts, reverse=True)
+    pages, token = [], None
+    while True:
+        page = client.search_runs([exp], max_results=3, page_token=token, order_by=["metrics.acc ASC"])
+        pages.append([r.info.run_name for r in page])
+        token = page.token
+        if not token:
+            break
+    assert pages == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
+    client.delete_run(ids[0])
+    assert len(client.search_runs([exp])) == 6
+    assert len(client.search_runs([exp], run_view_type=mlflow.entities.ViewType.DELETED_ONLY)) == 1
+    client.restore_run(ids[0])
+    with pytest.raises(MlflowException) as err:
+        client.search_runs([exp], "metrics.acc >> 1")
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_tags_and_inputs(client):
+    exp = client.create_experiment(unique("tags"))
+    run = client.create_run(exp)
+    client.set_tag(run.info.run_id, "a", "1")
+    client.delete_tag(run.info.run_id, "a")
+    assert "a" not in client.get_run(run.info.run_id).data.tags
+    client.update_run(run.info.run_id, name="renamed")
+    assert client.get_run(run.info.run_id).info.run_name == "renamed"
+    import pandas as pd
+
+    dataset = mlflow.data.from_pandas(pd.DataFrame({"x": [1, 2]}), name="tiny")
+    mlflow.set_experiment(experiment_id=exp)
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_input(dataset, context="training")
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["tiny"]
+    found = client.search_runs([exp], "datasets.name = 'tiny'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_artifacts_upload_list_download_and_delete(client, tmp_path):
+    mlflow.set_experiment(unique("artifacts"))
+    with mlflow.start_run() as run:
+        (tmp_path / "notes.txt").write_text("hello")
+        mlflow.log_artifact(str(tmp_path / "notes.txt"))
+        sub = tmp_path / "dir"
+        sub.mkdir()
+        (sub / "a.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+        mlflow.log_artifacts(str(sub), artifact_path="data")
+        mlflow.log_dict({"k": 1}, "conf/d.json")
+        mlflow.log_text("text body", "t.txt")
+    run_id = run.info.run_id
+    listed = {f.path: f for f in client.list_artifacts(run_id)}
+    assert set(listed) == {"notes.txt", "data", "conf", "t.txt"}
+    assert listed["data"].is_dir and listed["notes.txt"].file_size == 5
+    root = run.info.artifact_uri
+    assert [f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"{root}/data")] == ["data/a.bin"]
+    out = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/data", dst_path=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "data" / "a.bin").read_bytes() == (sub / "a.bin").read_bytes()
+    assert out
+    assert mlflow.artifacts.load_text(f"{root}/t.txt") == "text body"
+    assert mlflow.artifacts.load_dict(f"{root}/conf/d.json") == {"k": 1}
+
+
+def test_artifact_paths_cannot_escape(server_url):
+    req = urllib.request.Request(
+        server_url + "/api/2.0/mlflow-artifacts/artifacts?path=../../etc"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 400
+
+
+def test_unknown_endpoint_and_unknown_run_are_4xx(server_url, client):
+    with pytest.raises(MlflowException) as err:
+        client.get_run("0" * 32)
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    req = urllib.request.Request(server_url + "/api/2.0/mlflow/nothing/here")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 404
