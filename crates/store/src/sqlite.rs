@@ -26,10 +26,49 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opens of the same new file can race to migrate it; a retry sees the other's work.
 const MIGRATION_ATTEMPTS: usize = 3;
 
+/// How often the background checkpointer folds the write-ahead log back into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A store in one SQLite file (or in memory).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Stops the background checkpointer when the last clone of the store is dropped.
+    _checkpointer: Option<std::sync::Arc<Checkpointer>>,
+}
+
+/// Checkpoints the write-ahead log off the hot path.
+///
+/// SQLite's automatic checkpoint runs inside whichever commit pushes the log past its limit,
+/// and a checkpoint syncs the database file: a step's start or finish would then wait for the
+/// disk, which on a busy machine can take seconds. Automatic checkpoints are turned off on
+/// every connection and a background task runs passive checkpoints (they never block writers)
+/// on its own connection instead.
+#[derive(Debug)]
+struct Checkpointer(tokio::task::JoinHandle<()>);
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Checkpointer {
+    fn start(pool: SqlitePool) -> Checkpointer {
+        Checkpointer(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!(error = %e, "background checkpoint failed");
+                }
+            }
+        }))
+    }
 }
 
 impl SqliteStore {
@@ -70,7 +109,9 @@ impl SqliteStore {
                 // lose the last commits, never corrupt it.
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(BUSY_TIMEOUT);
+                .busy_timeout(BUSY_TIMEOUT)
+                // Checkpoints run in the background (see `Checkpointer`), not inside commits.
+                .pragma("wal_autocheckpoint", "0");
             SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -89,7 +130,12 @@ impl SqliteStore {
                 }
             }
         }
-        Ok(SqliteStore { pool })
+        let checkpointer = (!matches!(path, ":memory:" | "sqlite::memory:"))
+            .then(|| std::sync::Arc::new(Checkpointer::start(pool.clone())));
+        Ok(SqliteStore {
+            pool,
+            _checkpointer: checkpointer,
+        })
     }
 
     async fn begin(&self) -> crate::Result<Transaction<'static, Sqlite>> {
