@@ -402,33 +402,33 @@ macro_rules! store_impl {
             .ctx("recording a lineage context")
         }
 
+        // One statement for both contexts: every statement is a round trip to the database,
+        // and these run twice per task.
         async fn associate(conn: &mut $conn, contexts: &RunContexts, task_id: &str) -> Result<()> {
-            for context_id in [&contexts.pipeline_context_id, &contexts.run_context_id] {
-                sqlx::query(
-                    "INSERT INTO associations (context_id, task_id) VALUES ($1, $2) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(context_id)
-                .bind(task_id)
-                .execute(&mut *conn)
-                .await
-                .ctx("associating a task with its contexts")?;
-            }
+            sqlx::query(
+                "INSERT INTO associations (context_id, task_id) VALUES ($1, $3), ($2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&contexts.pipeline_context_id)
+            .bind(&contexts.run_context_id)
+            .bind(task_id)
+            .execute(&mut *conn)
+            .await
+            .ctx("associating a task with its contexts")?;
             Ok(())
         }
 
         async fn attribute(conn: &mut $conn, contexts: &RunContexts, artifact_id: &str) -> Result<()> {
-            for context_id in [&contexts.pipeline_context_id, &contexts.run_context_id] {
-                sqlx::query(
-                    "INSERT INTO attributions (context_id, artifact_id) VALUES ($1, $2) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(context_id)
-                .bind(artifact_id)
-                .execute(&mut *conn)
-                .await
-                .ctx("attributing an artifact to its contexts")?;
-            }
+            sqlx::query(
+                "INSERT INTO attributions (context_id, artifact_id) VALUES ($1, $3), ($2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&contexts.pipeline_context_id)
+            .bind(&contexts.run_context_id)
+            .bind(artifact_id)
+            .execute(&mut *conn)
+            .await
+            .ctx("attributing an artifact to its contexts")?;
             Ok(())
         }
 
