@@ -90,6 +90,10 @@ struct RunArgs {
     /// Do not stream step output.
     #[arg(long, short)]
     quiet: bool,
+    /// KFP pipelines: run container commands exactly as written, each component's
+    /// `pip install` preamble included, instead of in a cached Python environment.
+    #[arg(long)]
+    kfp_verbatim: bool,
 }
 
 #[derive(Subcommand)]
@@ -207,7 +211,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             drive(ws, &id, false).await
         }
         Command::Validate { pipeline } => {
-            load_pipeline(pipeline, &[])?;
+            load_pipeline(pipeline, &[], false)?;
             println!("{}: ok", pipeline.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -249,19 +253,30 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Loads, validates and binds a pipeline file. Diagnostics come back as one error with every
-/// problem, each naming the file, line and column.
-fn load_pipeline(
-    path: &Path,
-    params: &[String],
-) -> Result<(
+/// A pipeline ready to bind, and the Python environments a KFP pipeline's components need.
+type Loaded = (
     capstan_spec::Pipeline,
     indexmap::IndexMap<String, serde_json::Value>,
-)> {
+    Vec<capstan_kfp::PipEnv>,
+);
+
+/// Loads, validates and binds a pipeline file: native YAML, or a KFP pipeline IR (detected by
+/// its top-level keys). Diagnostics come back as one error with every problem, each naming the
+/// file, line and column.
+fn load_pipeline(path: &Path, params: &[String], kfp_verbatim: bool) -> Result<Loaded> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = path.display().to_string();
-    let pipeline = capstan_spec::parse_native(&text, &file).map_err(|d| anyhow!("{d}"))?;
+    let (pipeline, envs) = if capstan_kfp::is_kfp_ir(&text) {
+        let options = capstan_kfp::ImportOptions {
+            verbatim: kfp_verbatim,
+        };
+        let import = capstan_kfp::import(&text, &file, options).map_err(|d| anyhow!("{d}"))?;
+        (import.pipeline, import.environments)
+    } else {
+        let pipeline = capstan_spec::parse_native(&text, &file).map_err(|d| anyhow!("{d}"))?;
+        (pipeline, Vec::new())
+    };
     let mut overrides = Vec::new();
     for p in params {
         let (k, v) = p
@@ -270,17 +285,30 @@ fn load_pipeline(
         overrides.push((k.trim().to_string(), v.to_string()));
     }
     let bound = capstan_spec::bind_params(&pipeline, &overrides).map_err(|d| anyhow!("{d}"))?;
-    Ok((pipeline, bound))
+    Ok((pipeline, bound, envs))
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    let (pipeline, params) = match load_pipeline(&args.pipeline, &args.params) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return Ok(ExitCode::from(2));
+    let (mut pipeline, params, envs) =
+        match load_pipeline(&args.pipeline, &args.params, args.kfp_verbatim) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+    let env_root = capstan_kfp::env::default_root(&cli.home.join("kfp-envs"));
+    if let Err(e) =
+        capstan_kfp::env::provision(&mut pipeline, &envs, &env_root, |line| eprintln!("{line}"))
+    {
+        eprintln!("{e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.executor.is_none() {
+        for note in capstan_kfp::host_notes(&pipeline) {
+            eprintln!("{note}");
         }
-    };
+    }
     let base_dir = args
         .pipeline
         .canonicalize()

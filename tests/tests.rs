@@ -6,6 +6,7 @@ mod util;
 mod faults;
 mod features;
 mod inspect;
+mod kfp;
 mod quickstart;
 mod resume;
 mod tracking_python;

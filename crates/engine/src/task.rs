@@ -102,7 +102,10 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     // is a measurable share of the per-step cost on large fan-outs.
     for (dir, needed) in [
         (&out_dir, !a.step.outputs.artifacts.is_empty()),
-        (&param_dir, !a.step.outputs.parameters.is_empty()),
+        (
+            &param_dir,
+            !a.step.outputs.parameters.is_empty() || a.step.outputs.results.is_some(),
+        ),
     ] {
         if needed {
             std::fs::create_dir_all(dir)
@@ -359,9 +362,28 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         _ => {}
     }
 
-    // Collect outputs. Parameters first: they are cheap, and a missing one fails fast.
+    // Collect outputs. Parameters first: they are cheap, and a missing one fails fast. A results
+    // document, when the step declares one and wrote it, wins over the per-parameter files.
+    let results = match read_results(step, &param_dir) {
+        Ok(doc) => doc,
+        Err(message) => return Ok(failed(message)),
+    };
     let mut output_parameters = BTreeMap::new();
     for (name, ty) in &step.outputs.parameters {
+        if let Some((file, doc)) = &results
+            && let Some(v) = file.parameter(doc, name)
+        {
+            match capstan_spec::coerce_value(*ty, v) {
+                Ok(v) => output_parameters.insert(name.clone(), v),
+                Err(e) => {
+                    return Ok(failed(format!(
+                        "output parameter `{name}` (in results file `{}`): {e}",
+                        file.name
+                    )));
+                }
+            };
+            continue;
+        }
         let path = param_dir.join(name);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -420,7 +442,11 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
             size: stored.size,
             type_name: type_name.clone(),
             is_dir: stored.is_dir,
-            metadata: Value::Object(Default::default()),
+            metadata: results
+                .as_ref()
+                .and_then(|(file, doc)| file.metadata(doc, name))
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default())),
         });
     }
     let finish = TaskFinish {
@@ -443,6 +469,26 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         outputs,
         cached: false,
     })
+}
+
+/// The step's results document, if it declares one and wrote it. A document that is not JSON
+/// fails the attempt, naming the file.
+fn read_results<'s>(
+    step: &'s Step,
+    param_dir: &Path,
+) -> Result<Option<(&'s capstan_spec::ResultsFile, Value)>, String> {
+    let Some(file) = &step.outputs.results else {
+        return Ok(None);
+    };
+    let path = param_dir.join(&file.name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read results file `{}`: {e}", file.name)),
+    };
+    serde_json::from_str(&text)
+        .map(|doc| Some((file, doc)))
+        .map_err(|e| format!("results file `{}` is not JSON: {e}", file.name))
 }
 
 struct Rendered {

@@ -164,6 +164,44 @@ pub struct Outputs {
     /// The value is the artifact type (`Dataset`, `Model`, `Metrics`, ...).
     #[serde(default)]
     pub artifacts: IndexMap<String, String>,
+    /// A JSON document of results that the step may write, for tools that report their outputs
+    /// in one file rather than one file per output. See [`ResultsFile`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsFile>,
+}
+
+/// A JSON document that a step may write at `{{ outputs.NAME }}` (`NAME` is [`ResultsFile::name`]).
+///
+/// When the step writes it, the values it holds win over the per-parameter files: an output
+/// parameter found in the document needs no file of its own. Parts of the document are found by
+/// JSON pointer (RFC 6901); `{name}` in a pointer stands for the output's name. A step that does
+/// not write the document reports its outputs the usual way.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsFile {
+    pub name: String,
+    /// Pointer to an output parameter's value, such as `/parameterValues/{name}`.
+    pub parameter: String,
+    /// Pointer to an output artifact's metadata (a JSON object stored with the artifact).
+    #[serde(default)]
+    pub metadata: Option<String>,
+}
+
+impl ResultsFile {
+    /// The output parameter `name` in the document, if it is there.
+    pub fn parameter<'a>(&self, doc: &'a Value, name: &str) -> Option<&'a Value> {
+        doc.pointer(&self.parameter.replace("{name}", &pointer_escape(name)))
+    }
+
+    /// The metadata of output artifact `name` in the document, if it is there and an object.
+    pub fn metadata<'a>(&self, doc: &'a Value, name: &str) -> Option<&'a Value> {
+        let pointer = self.metadata.as_ref()?;
+        doc.pointer(&pointer.replace("{name}", &pointer_escape(name)))
+            .filter(|v| v.is_object())
+    }
+}
+
+fn pointer_escape(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,10 @@
 //! A template is parsed once, when the pipeline is loaded, so that every reference is known before
 //! anything runs (validation, dependency inference and cache keys all read the parsed form).
 //! Rendering is pure: the caller supplies the value of each reference.
+//!
+//! A placeholder may end in filters that change how its value is written: `{{ inputs.x | json }}`
+//! writes the value as JSON (a string quoted and escaped), so that a template can build a JSON
+//! document; `{{ run.status | upper }}` writes text in upper case. Filters apply left to right.
 
 use std::fmt;
 
@@ -45,13 +49,48 @@ impl fmt::Display for Ref {
     }
 }
 
+/// How a placeholder's value is written, after `|`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Filter {
+    /// `json`: the value as compact JSON (strings quoted and escaped).
+    Json,
+    /// `upper`: the text in upper case.
+    Upper,
+}
+
+impl Filter {
+    fn parse(name: &str) -> Option<Filter> {
+        match name {
+            "json" => Some(Filter::Json),
+            "upper" => Some(Filter::Upper),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Json => "json",
+            Filter::Upper => "upper",
+        }
+    }
+
+    fn apply(self, v: Value) -> Value {
+        match self {
+            Filter::Json => Value::String(v.to_string()),
+            Filter::Upper => Value::String(value_to_text(&v).to_uppercase()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Part {
     Text(String),
     /// `offset` is the byte offset of the `{{` in the template source, for error messages.
+    /// `filters` (usually none) change how the value is written.
     Ref {
         r: Ref,
         offset: usize,
+        filters: Vec<Filter>,
     },
 }
 
@@ -99,14 +138,28 @@ impl Template {
                     message: "unclosed `{{`: expected `}}`".to_string(),
                 });
             };
-            let inner = after[..end].trim();
+            let mut pieces = after[..end].split('|');
+            let inner = pieces.next().unwrap_or_default().trim();
             let r = parse_ref(inner).map_err(|message| TemplateError {
                 offset: base + start,
                 message,
             })?;
+            let filters = pieces
+                .map(|f| {
+                    Filter::parse(f.trim()).ok_or_else(|| TemplateError {
+                        offset: base + start,
+                        message: format!(
+                            "unknown filter `{}` in `{{{{{}}}}}`: expected json or upper",
+                            f.trim(),
+                            &after[..end]
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             parts.push(Part::Ref {
                 r,
                 offset: base + start,
+                filters,
             });
             let consumed = start + 2 + end + 2;
             base += consumed;
@@ -147,10 +200,12 @@ impl Template {
                     source.push_str(&t);
                     fixed.push(Part::Text(t));
                 }
-                Part::Ref { r, .. } => {
+                Part::Ref { r, filters, .. } => {
                     let offset = source.len();
-                    source.push_str(&format!("{{{{ {r} }}}}"));
-                    fixed.push(Part::Ref { r, offset });
+                    let shown: String =
+                        filters.iter().map(|f| format!(" | {}", f.name())).collect();
+                    source.push_str(&format!("{{{{ {r}{shown} }}}}"));
+                    fixed.push(Part::Ref { r, offset, filters });
                 }
             }
         }
@@ -186,11 +241,11 @@ impl Template {
         })
     }
 
-    /// The reference, when the template is exactly one placeholder and nothing else. Such a
-    /// template keeps the referenced value's type (a list stays a list).
+    /// The reference, when the template is exactly one placeholder without filters and nothing
+    /// else. Such a template keeps the referenced value's type (a list stays a list).
     pub fn single_ref(&self) -> Option<&Ref> {
         match self.parts.as_slice() {
-            [Part::Ref { r, .. }] => Some(r),
+            [Part::Ref { r, filters, .. }] if filters.is_empty() => Some(r),
             _ => None,
         }
     }
@@ -201,7 +256,10 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Ref { r, .. } => out.push_str(&value_to_text(&lookup(r)?)),
+                Part::Ref { r, filters, .. } => {
+                    let v = filters.iter().try_fold(lookup(r)?, |v, f| Ok(f.apply(v)))?;
+                    out.push_str(&value_to_text(&v));
+                }
             }
         }
         Ok(out)
@@ -250,7 +308,16 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         return Err("empty placeholder `{{ }}`".to_string());
     }
     let segs: Vec<&str> = inner.split('.').map(str::trim).collect();
-    if let Some(bad) = segs.iter().find(|s| !is_ident(s)) {
+    // A step name may have `/`-separated parts (the flattened sub-DAGs of an imported pipeline).
+    let is_step = |i: usize| i == 1 && segs[0] == "steps";
+    let bad = segs.iter().enumerate().find(|(i, s)| {
+        if is_step(*i) {
+            !crate::validate::valid_step_name(s)
+        } else {
+            !is_ident(s)
+        }
+    });
+    if let Some((_, bad)) = bad {
         return Err(format!(
             "invalid reference `{inner}`: `{bad}` is not a name"
         ));
@@ -343,6 +410,16 @@ mod tests {
     }
 
     #[test]
+    fn step_references_may_name_flattened_sub_dag_steps() {
+        assert_eq!(
+            refs("{{ steps.loop/square.outputs.Output }}"),
+            ["steps.loop/square.outputs.Output"]
+        );
+        assert!(Template::parse("{{ steps.loop//square.outputs.Output }}").is_err());
+        assert!(Template::parse("{{ params.a/b }}").is_err());
+    }
+
+    #[test]
     fn renders_values_as_text() {
         let t = Template::parse("--lr={{ item }} --xs {{ params.xs }}").unwrap();
         let out = t
@@ -374,9 +451,45 @@ mod tests {
             Part::Ref {
                 r: Ref::Input("x".into()),
                 offset: 0,
+                filters: vec![],
+            },
+            Part::Text(" ".into()),
+            Part::Ref {
+                r: Ref::Input("y".into()),
+                offset: 0,
+                filters: vec![Filter::Json],
             },
         ]);
-        assert_eq!(t.source(), "--in={{ inputs.x }}");
-        assert_eq!(Template::parse(t.source()).unwrap(), t);
+        assert_eq!(t.source(), "--in={{ inputs.x }} {{ inputs.y | json }}");
+        assert_eq!(Template::parse(t.source()).unwrap().parts(), t.parts());
+    }
+
+    #[test]
+    fn filters_write_json_and_upper_case() {
+        let t = Template::parse(r#"{"a": {{ inputs.a | json }}, "s": "{{ run.status|upper }}"}"#)
+            .unwrap();
+        let out = t
+            .render(|r| -> Result<Value, ()> {
+                Ok(match r {
+                    Ref::Input(_) => serde_json::json!("say \"hi\""),
+                    _ => serde_json::json!("failed"),
+                })
+            })
+            .unwrap();
+        assert_eq!(out, r#"{"a": "say \"hi\"", "s": "FAILED"}"#);
+        // A filtered placeholder renders to text, even alone.
+        let t = Template::parse("{{ params.xs | json }}").unwrap();
+        assert!(t.single_ref().is_none());
+        let v = t
+            .evaluate(|_| -> Result<Value, ()> { Ok(serde_json::json!(["a"])) })
+            .unwrap();
+        assert_eq!(v, serde_json::json!(r#"["a"]"#));
+        let err = Template::parse("x {{ params.a | yaml }}").unwrap_err();
+        assert_eq!(err.offset, 2);
+        assert!(
+            err.message.contains("unknown filter `yaml`"),
+            "{}",
+            err.message
+        );
     }
 }

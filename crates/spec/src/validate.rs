@@ -144,6 +144,16 @@ impl<'a> Validator<'a> {
                 );
             }
         }
+        if let Some(results) = &step.outputs.results
+            && (step.outputs.parameters.contains_key(&results.name)
+                || step.outputs.artifacts.contains_key(&results.name))
+        {
+            self.error(
+                step.pos,
+                Some(step),
+                format!("results file `{}` has the name of an output", results.name),
+            );
+        }
         for name in step.outputs.parameters.keys() {
             if step.outputs.artifacts.contains_key(name) {
                 self.error(
@@ -287,7 +297,12 @@ impl<'a> Validator<'a> {
             )),
             Ref::Output(name)
                 if !step.outputs.parameters.contains_key(name)
-                    && !step.outputs.artifacts.contains_key(name) =>
+                    && !step.outputs.artifacts.contains_key(name)
+                    && step
+                        .outputs
+                        .results
+                        .as_ref()
+                        .is_none_or(|f| &f.name != name) =>
             {
                 Some(format!(
                     "output `{name}` is not declared: declare it under `outputs.parameters` or `outputs.artifacts`"
@@ -768,6 +783,31 @@ mod tests {
                 "p.json:4:3: step `b`: invalid output name `bad name`: use letters, digits, `_` and `-`, not starting with `-`",
                 "p.json: step `flat/child`: unknown param `q` in `params.q`: known params are 1x",
             ],
+        );
+    }
+
+    #[test]
+    fn a_results_file_is_an_output_path_with_a_name_of_its_own() {
+        let results = json!({"name": "results", "parameter": "/values/{name}"});
+        let ok = pipeline(
+            json!({}),
+            named(json!({"a": step(2, json!({
+                "run": {"argv": ["tool", "{{ outputs.results }}", "{{ outputs.best }}"]},
+                "outputs": {"parameters": {"best": "float"}, "results": results},
+            }))})),
+            json!({}),
+        );
+        check(&ok, &[]);
+        let clash = pipeline(
+            json!({}),
+            named(json!({"a": step(2, json!({
+                "outputs": {"parameters": {"results": "float"}, "results": results},
+            }))})),
+            json!({}),
+        );
+        check(
+            &clash,
+            &["p.json:2:3: step `a`: results file `results` has the name of an output"],
         );
     }
 

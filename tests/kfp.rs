@@ -1,0 +1,394 @@
+//! Pipelines compiled by the real kfp SDK (`examples/kfp/pipelines.py`, committed as YAML) run
+//! with `capstan run`: statuses, output values, artifact metadata, caching, retries, conditions,
+//! loops, exit handlers, importers and nested pipelines.
+//!
+//! Python components run kfp's own executor, so they need `kfp` in the venv that
+//! `scripts/python-env.sh` creates ($CAPSTAN_VENV, default /var/tmp/capstan-venv). Without it the
+//! tests that run components are skipped with a notice, unless `CAPSTAN_REQUIRE_PYTHON=1` (as in
+//! CI), which makes a missing venv a failure. The error tests need no Python.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::util::{Dir, Run, repo_root, statuses, task};
+
+fn venv() -> PathBuf {
+    PathBuf::from(std::env::var("CAPSTAN_VENV").unwrap_or_else(|_| "/var/tmp/capstan-venv".into()))
+}
+
+/// The venv's `bin`, when it has kfp.
+fn kfp_bin() -> Option<PathBuf> {
+    let bin = venv().join("bin");
+    let ok = Command::new(bin.join("python"))
+        .args(["-c", "import kfp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(bin);
+    }
+    if std::env::var("CAPSTAN_REQUIRE_PYTHON").as_deref() == Ok("1") {
+        panic!(
+            "CAPSTAN_REQUIRE_PYTHON=1 but {} has no kfp; run scripts/python-env.sh",
+            venv().display()
+        );
+    }
+    eprintln!(
+        "skipping: {} has no kfp (run scripts/python-env.sh)",
+        venv().display()
+    );
+    None
+}
+
+fn example(name: &str) -> String {
+    repo_root()
+        .join(format!("examples/kfp/{name}.yaml"))
+        .display()
+        .to_string()
+}
+
+/// Runs `capstan` with the venv first on the PATH and a Python environment cache shared by the
+/// tests, so that each requirement set is prepared once.
+fn capstan(dir: &Dir, bin: &std::path::Path, args: &[&str]) -> Run {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let envs = std::env::temp_dir().join("capstan-test-kfp-envs");
+    let out = dir
+        .command(args)
+        .env("PATH", path)
+        .env("CAPSTAN_KFP_ENV_DIR", envs)
+        .output()
+        .expect("spawn capstan");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn output(run: &Value, name: &str, key: &str) -> Value {
+    task(run, name)["outputs"]["parameters"][key].clone()
+}
+
+fn status(run: &Value, name: &str) -> String {
+    task(run, name)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_committed_yaml_is_what_the_kfp_compiler_writes() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let out = Command::new(bin.join("python"))
+        .arg(repo_root().join("examples/kfp/pipelines.py"))
+        .arg(dir.path())
+        .output()
+        .expect("run the kfp compiler");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut compiled = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let committed = std::fs::read_to_string(repo_root().join("examples/kfp").join(&name))
+            .unwrap_or_else(|e| panic!("examples/kfp/{name}: {e}"));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            committed,
+            "examples/kfp/{name} is stale: run python3 examples/kfp/pipelines.py"
+        );
+        compiled += 1;
+    }
+    assert_eq!(compiled, 10);
+}
+
+#[test]
+fn chain_passes_values_and_honours_caching_options() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let first = capstan(&dir, &bin, &["run", &example("chain"), "-p", "x=4"]);
+    first.ok();
+    let run = dir.show(&first.run_id());
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(output(&run, "add", "Output"), json!(6));
+    assert_eq!(output(&run, "add-2", "Output"), json!(16));
+    assert_eq!(output(&run, "add-3", "Output"), json!(22));
+
+    // `add-2` turned its cache off with set_caching_options(False).
+    let second = capstan(&dir, &bin, &["run", &example("chain"), "-p", "x=4"]);
+    second.ok();
+    let run = dir.show(&second.run_id());
+    assert_eq!(
+        statuses(&run),
+        [
+            ("add".to_string(), "cached".to_string()),
+            ("add-2".to_string(), "succeeded".to_string()),
+            ("add-3".to_string(), "cached".to_string())
+        ]
+    );
+    assert_eq!(output(&run, "add-3", "Output"), json!(22));
+}
+
+#[test]
+fn verbatim_runs_the_pip_preamble_as_written() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", "--kfp-verbatim", &example("chain")]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "add-3", "Output"), json!(16));
+}
+
+#[test]
+fn artifacts_flow_with_their_metadata() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("artifacts"), "-p", "rows=4"]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "train", "Output"), json!(2.0));
+    let listed = dir
+        .run(&["artifacts", "list", &r.run_id(), "--output", "json"])
+        .ok()
+        .json();
+    let by_name = |n: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap_or_else(|| panic!("no artifact {n} in {listed:#}"))
+            .clone()
+    };
+    assert_eq!(by_name("data")["type_name"], "Dataset");
+    assert_eq!(by_name("data")["metadata"]["rows"], 4);
+    assert_eq!(by_name("model")["metadata"]["framework"], "by-hand");
+    assert_eq!(by_name("metrics")["type_name"], "Metrics");
+    assert_eq!(by_name("metrics")["metadata"]["slope"], 2.0);
+    let model = dir.path().join("model.txt");
+    dir.run(&[
+        "artifacts",
+        "get",
+        by_name("model")["id"].as_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(model).unwrap(),
+        "slope=2.0 lr=0.1\n"
+    );
+}
+
+#[test]
+fn if_elif_else_runs_exactly_one_branch() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    for (n, branch, text) in [
+        ("0", "condition-branches-1/condition-2/say", "it was heads"),
+        (
+            "1",
+            "condition-branches-1/condition-3/say-2",
+            "it was tails",
+        ),
+        (
+            "2",
+            "condition-branches-1/condition-4/say-3",
+            "it stood on its edge",
+        ),
+    ] {
+        let r = capstan(
+            &dir,
+            &bin,
+            &["run", &example("conditions"), "-p", &format!("n={n}")],
+        );
+        r.ok();
+        let run = dir.show(&r.run_id());
+        for (name, s) in statuses(&run) {
+            let want = if name == "flip" || name == branch {
+                "succeeded"
+            } else {
+                "skipped"
+            };
+            assert_eq!(s, want, "n={n}: {name}");
+        }
+        assert_eq!(output(&run, branch, "Output"), json!(text));
+    }
+}
+
+#[test]
+fn parallel_for_over_raw_items_and_a_parameter_with_collected() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("loops"), "-p", "items=[2, 3, 4]"],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    for (i, x) in [10, 20, 30, 40].iter().enumerate() {
+        assert_eq!(
+            output(&run, &format!("for-loop-2/square[{i}]"), "Output"),
+            json!(x * x)
+        );
+    }
+    assert_eq!(output(&run, "for-loop-3/square-2[2]", "Output"), json!(16));
+    assert_eq!(output(&run, "total", "Output"), json!(4 + 9 + 16));
+}
+
+#[test]
+fn an_exit_handler_sees_the_failure() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("exit-handler")]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let run = dir.show(&r.run_id());
+    assert_eq!(run["status"], "failed");
+    assert_eq!(status(&run, "exit-handler-1/fail"), "failed");
+    assert_eq!(status(&run, "report"), "succeeded");
+    assert_eq!(output(&run, "report", "Output"), json!("FAILED"));
+}
+
+#[test]
+fn a_retry_succeeds_on_the_second_attempt() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let marker = dir.path().join("marker");
+    let r = capstan(
+        &dir,
+        &bin,
+        &[
+            "run",
+            &example("retries"),
+            "-p",
+            &format!("marker={}", marker.display()),
+        ],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(task(&run, "flaky")["attempts"], 2);
+    assert_eq!(output(&run, "flaky", "Output"), json!("second attempt"));
+}
+
+#[test]
+fn container_components_write_output_paths_and_keep_env_and_resources() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("containers"), "-p", "text=hello"],
+    );
+    r.ok();
+    assert!(
+        r.stderr.contains(
+            "note: image `busybox:1.36` is not pulled: the commands of wc run on this host"
+        ),
+        "{}",
+        r.stderr
+    );
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "wc", "lines"), json!(1));
+    assert_eq!(output(&run, "read-copy", "Output"), json!("1:hello"));
+    assert_eq!(task(&run, "wc")["resources"]["cpu"], 1.0);
+    assert_eq!(task(&run, "wc")["resources"]["memory"], 512_000_000);
+}
+
+#[test]
+fn struct_list_and_named_tuple_outputs() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("structs"), "-p", "config={\"depth\": 7}"],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "stats", "names"), json!(["x0", "x1", "x2"]));
+    assert_eq!(output(&run, "stats", "config"), json!({"depth": 7}));
+    assert_eq!(output(&run, "stats", "mean"), json!(2.5));
+    assert_eq!(
+        output(&run, "show", "Output"),
+        json!("3 2.5 x0,x1,x2 7 True")
+    );
+}
+
+#[test]
+fn an_importer_brings_a_local_file_in() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let data = dir.write("data.txt", "imported text\n");
+    let uri = format!("file://{}", data.display());
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("importer"), "-p", &format!("uri={uri}")],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "read-text", "Output"), json!("imported text"));
+    let art = &task(&run, "importer")["outputs"]["artifacts"]["artifact"];
+    assert!(
+        art["digest"].as_str().unwrap().starts_with("blake3:"),
+        "{run:#}"
+    );
+}
+
+#[test]
+fn a_nested_pipeline_runs_as_prefixed_steps() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("nested")]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "inner/add", "Output"), json!(5));
+    assert_eq!(output(&run, "inner/square", "Output"), json!(25));
+    assert_eq!(output(&run, "add", "Output"), json!(26));
+}
+
+#[test]
+fn bad_ir_is_refused_with_a_message_naming_the_problem() {
+    let dir = Dir::new();
+    let chain = std::fs::read_to_string(example("chain")).unwrap();
+    for (name, text, want) in [
+        (
+            "version.yaml",
+            chain.replace("schemaVersion: 2.1.0", "schemaVersion: 3.0.0"),
+            "unsupported schemaVersion `3.0.0`",
+        ),
+        (
+            "executor.yaml",
+            chain.replacen("      container:", "      resolver:", 1),
+            "task `add` uses executor `exec-add` of kind `resolver`",
+        ),
+        (
+            "placeholder.yaml",
+            chain.replacen("- '{{$}}'", "- '{{$.inputs.nope}}'", 1),
+            "unsupported placeholder `{{$.inputs.nope}}`",
+        ),
+    ] {
+        let path = dir.write(name, &text);
+        let r = dir.run(&["run", path.to_str().unwrap()]);
+        assert_eq!(r.code, Some(2), "{name}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{name}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{name}: no run is created");
+    }
+    let r = dir.run(&["run", &example("chain"), "-p", "x=abc"]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr.contains("param `x` expects int, got `abc`"),
+        "{}",
+        r.stderr
+    );
+}
