@@ -81,13 +81,18 @@ impl ContainerExecutor {
         }
     }
 
-    /// The engine named by `CONTAINER_HOST` or `DOCKER_HOST` (`unix:///path`), else the first of
-    /// [`DEFAULT_SOCKETS`] that exists (or the first one, so that errors name it).
+    /// The executor the environment describes: the engine named by `CONTAINER_HOST` or
+    /// `DOCKER_HOST` (`unix:///path`), else the first of [`DEFAULT_SOCKETS`] that exists (or the
+    /// first one, so that errors name it); `CAPSTAN_CONTAINER_PULL` (`if-not-present`, `always`,
+    /// `never`) and `CAPSTAN_CONTAINER_NETWORK` (`none` unless set).
     pub fn from_env() -> Result<ContainerExecutor, String> {
-        let host = ["CONTAINER_HOST", "DOCKER_HOST"]
-            .iter()
-            .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()));
-        let socket = match host {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`ContainerExecutor::from_env`] with the variables looked up by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ContainerExecutor, String> {
+        let set = |name: &str| var(name).filter(|v| !v.is_empty());
+        let socket = match set("CONTAINER_HOST").or_else(|| set("DOCKER_HOST")) {
             Some(url) => socket_path(&url)?,
             None => DEFAULT_SOCKETS
                 .iter()
@@ -95,7 +100,16 @@ impl ContainerExecutor {
                 .find(|p| p.exists())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKETS[0])),
         };
-        Ok(ContainerExecutor::new(socket))
+        let mut executor = ContainerExecutor::new(socket);
+        if let Some(policy) = set("CAPSTAN_CONTAINER_PULL") {
+            executor.pull = policy
+                .parse()
+                .map_err(|e| format!("CAPSTAN_CONTAINER_PULL: {e}"))?;
+        }
+        if let Some(network) = set("CAPSTAN_CONTAINER_NETWORK") {
+            executor.network = network;
+        }
+        Ok(executor)
     }
 
     pub fn with_pull_policy(mut self, pull: PullPolicy) -> ContainerExecutor {
@@ -764,6 +778,39 @@ mod tests {
         let err = socket_path("tcp://127.0.0.1:2375").unwrap_err();
         assert!(err.contains("tcp://127.0.0.1:2375"), "{err}");
         assert!(socket_path("unix://").is_err());
+    }
+
+    #[test]
+    fn settings_come_from_the_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both = ContainerExecutor::from_vars(vars(&[
+            ("CONTAINER_HOST", "unix:///run/a.sock"),
+            ("DOCKER_HOST", "unix:///run/b.sock"),
+            ("CAPSTAN_CONTAINER_PULL", "never"),
+            ("CAPSTAN_CONTAINER_NETWORK", "host"),
+        ]))
+        .unwrap();
+        assert_eq!(both.socket(), Path::new("/run/a.sock"));
+        assert_eq!(both.pull, PullPolicy::Never);
+        assert_eq!(both.network, "host");
+        let docker =
+            ContainerExecutor::from_vars(vars(&[("DOCKER_HOST", "unix:///run/b.sock")])).unwrap();
+        assert_eq!(docker.socket(), Path::new("/run/b.sock"));
+        assert_eq!(docker.pull, PullPolicy::IfNotPresent);
+        assert_eq!(docker.network, "none");
+        let bad = ContainerExecutor::from_vars(vars(&[("CAPSTAN_CONTAINER_PULL", "sometimes")]))
+            .unwrap_err();
+        assert!(bad.starts_with("CAPSTAN_CONTAINER_PULL: "), "{bad}");
+        let tcp =
+            ContainerExecutor::from_vars(vars(&[("DOCKER_HOST", "tcp://h:2375")])).unwrap_err();
+        assert!(tcp.contains("tcp://h:2375"), "{tcp}");
     }
 
     #[test]

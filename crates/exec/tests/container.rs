@@ -303,3 +303,23 @@ async fn preflight_names_an_unreachable_socket() {
     let err = executor(&missing).preflight().await.unwrap_err();
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn cpu_and_memory_limits_reach_the_container() {
+    let Some(socket) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // cgroup v2 names the files memory.max and cpu.max; v1 has one directory per controller.
+    let mut s = spec(
+        dir.path(),
+        "limits",
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+         cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    );
+    s.resources = serde_json::json!({"cpu": 0.5, "memory": 64 * 1024 * 1024});
+    assert_eq!(run(&executor(&socket), s.clone()).await, Outcome::Exited(0));
+    let log = log_of(&s);
+    let mut lines = log.lines();
+    assert_eq!(lines.next(), Some("67108864"), "{log}");
+    let cpu = lines.next().unwrap_or_default();
+    assert!(cpu.split_whitespace().next() == Some("50000"), "{log}");
+}
