@@ -190,3 +190,30 @@ fn an_unreachable_engine_is_reported_before_the_run() {
         out.stdout
     );
 }
+
+#[test]
+fn an_unsupported_engine_url_is_reported_before_the_run() {
+    // Needs no engine: capstan only speaks to engines on unix sockets.
+    let dir = Dir::new();
+    let pipeline = handoff_pipeline(&dir);
+    let out = run_in(
+        &dir,
+        "tcp://127.0.0.1:2375",
+        &["run", &pipeline, "--executor", "container"],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("container engine URL `tcp://127.0.0.1:2375` is not supported"),
+        "{}",
+        out.stderr
+    );
+    // Pipelines that do not use containers are unaffected by a bad engine URL.
+    let local = dir.write("local.yaml", "name: local\nsteps:\n  a:\n    run: [true]\n");
+    run_in(
+        &dir,
+        "tcp://127.0.0.1:2375",
+        &["run", local.to_str().unwrap()],
+    )
+    .ok();
+}

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::local::{DRAIN_LIMIT, LazyLog, LineWriter};
+use crate::local::{DRAIN_LIMIT, LazyLog, LineWriter, check_workdir};
 use crate::{DEFAULT_GRACE_PERIOD, Executor, LogSink, Outcome, TaskSpec};
 
 /// The Docker Engine API version spoken; Docker and Podman's compatible service both serve it.
@@ -466,6 +466,11 @@ impl Executor for ContainerExecutor {
         };
         if spec.argv.is_empty() {
             return Outcome::SpawnFailed("empty command".to_string());
+        }
+        // Docker would create a missing bind-mount source as an empty directory owned by root,
+        // and Podman refuses it with a less direct message: report it as the local executor does.
+        if let Err(reason) = check_workdir(&spec.workdir) {
+            return Outcome::SpawnFailed(reason);
         }
         if let Err(reason) = self.ensure_image(&image).await {
             return Outcome::SpawnFailed(reason);

@@ -173,7 +173,7 @@ fn exit_outcome(status: std::io::Result<ExitStatus>, task: &str) -> Outcome {
     }
 }
 
-fn check_workdir(dir: &Path) -> Result<(), String> {
+pub(crate) fn check_workdir(dir: &Path) -> Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(format!(

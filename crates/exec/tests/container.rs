@@ -295,6 +295,22 @@ async fn a_step_without_an_image_fails_clearly() {
 }
 
 #[tokio::test]
+async fn a_missing_workdir_is_named() {
+    let Some(socket) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), "noworkdir", "true");
+    s.workdir = dir.path().join("absent");
+    let outcome = run(&executor(&socket), s).await;
+    assert_eq!(
+        outcome,
+        Outcome::SpawnFailed(format!(
+            "working directory does not exist: {}",
+            dir.path().join("absent").display()
+        ))
+    );
+}
+
+#[tokio::test]
 async fn preflight_names_an_unreachable_socket() {
     let Some(socket) = engine() else { return };
     assert_eq!(executor(&socket).preflight().await, Ok(()));
