@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -164,7 +165,7 @@ impl ContainerExecutor {
                 )
             })?;
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            if let Err(err) = conn.with_upgrades().await {
                 debug!(error = %err, "container engine connection ended");
             }
         });
@@ -177,12 +178,16 @@ impl ContainerExecutor {
         method: Method,
         path: &str,
         body: Option<Value>,
+        headers: &[(&str, &str)],
     ) -> Result<Response<Incoming>, String> {
         let mut sender = self.connect().await?;
-        let builder = Request::builder()
+        let mut builder = Request::builder()
             .method(method.clone())
             .uri(format!("{API}{path}"))
             .header("host", "capstan");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         let request = match body {
             Some(json) => builder
                 .header("content-type", "application/json")
@@ -205,7 +210,7 @@ impl ContainerExecutor {
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Bytes), String> {
-        let response = self.send(method.clone(), path, body).await?;
+        let response = self.send(method.clone(), path, body, &[]).await?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -363,43 +368,87 @@ impl ContainerExecutor {
         }
     }
 
-    /// Follows the container's output until it ends, demultiplexing stdout and stderr.
-    fn spawn_logs(&self, id: &str, spec: &TaskSpec, sink: Option<LogSink>) -> JoinHandle<()> {
-        let this = self.clone();
+    /// Attaches to the container's output before it starts. The stream ends when the container
+    /// does, with nothing missed; Docker upgrades the connection (101), Podman may instead
+    /// answer 200 and stream the frames as the body.
+    async fn attach(&self, id: &str) -> Result<Output, String> {
+        let path = format!("/containers/{id}/attach?stream=true&stdout=true&stderr=true");
+        let response = self
+            .send(
+                Method::POST,
+                &path,
+                None,
+                &[("connection", "Upgrade"), ("upgrade", "tcp")],
+            )
+            .await?;
+        match response.status() {
+            StatusCode::SWITCHING_PROTOCOLS => hyper::upgrade::on(response)
+                .await
+                .map(|io| Output::Raw(Box::new(TokioIo::new(io))))
+                .map_err(|err| format!("cannot attach to container {}: {err}", short(id))),
+            s if s.is_success() => Ok(Output::Body(response.into_body())),
+            s => Err(format!("cannot attach to container {}: {s}", short(id))),
+        }
+    }
+
+    /// The container's output from its start, for engines that cannot attach: Podman's log
+    /// follower notices the end of a container by polling, so this ends a little later.
+    async fn follow_logs(&self, id: &str) -> Result<Output, String> {
         let path = format!("/containers/{id}/logs?follow=true&stdout=true&stderr=true");
+        let response = self.send(Method::GET, &path, None, &[]).await?;
+        match response.status() {
+            s if s.is_success() => Ok(Output::Body(response.into_body())),
+            s => Err(format!(
+                "cannot follow the logs of container {}: {s}",
+                short(id)
+            )),
+        }
+    }
+
+    /// Copies a multiplexed output stream into the task log and the sink, line by line.
+    fn spawn_reader(output: Output, spec: &TaskSpec, sink: Option<LogSink>) -> JoinHandle<()> {
         let log = Arc::new(Mutex::new(LazyLog::new(&spec.log_path)));
         let task = spec.task.clone();
         tokio::spawn(async move {
             let mut out = LineWriter::new(&task, log.clone(), sink.clone());
             let mut err = LineWriter::new(&task, log, sink);
-            let response = match this.send(Method::GET, &path, None).await {
-                Ok(r) if r.status().is_success() => r,
-                Ok(r) => {
-                    warn!(task = %task, status = %r.status(), "could not follow container logs");
-                    return;
-                }
-                Err(e) => {
-                    warn!(task = %task, error = %e, "could not follow container logs");
-                    return;
-                }
-            };
-            let mut body = response.into_body();
             let mut frames = Demux::default();
-            while let Some(frame) = body.frame().await {
-                let data = match frame {
-                    Ok(f) => match f.into_data() {
-                        Ok(d) => d,
-                        Err(_) => continue,
-                    },
-                    Err(e) => {
-                        warn!(task = %task, error = %e, "container log stream broke");
-                        break;
-                    }
-                };
-                frames.push(&data, |stream, bytes| match stream {
+            let mut emit = |data: &[u8]| {
+                frames.push(data, |stream, bytes| match stream {
                     Stream::Stderr => err.push(bytes),
                     Stream::Stdout => out.push(bytes),
-                });
+                })
+            };
+            match output {
+                Output::Body(mut body) => {
+                    while let Some(frame) = body.frame().await {
+                        match frame {
+                            Ok(f) => {
+                                if let Ok(data) = f.into_data() {
+                                    emit(&data);
+                                }
+                            }
+                            Err(e) => {
+                                warn!(task = %task, error = %e, "container output stream broke");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Output::Raw(mut io) => {
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(n) => emit(&buf[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                warn!(task = %task, error = %e, "container output stream broke");
+                                break;
+                            }
+                        }
+                    }
+                }
             }
             out.finish();
             err.finish();
@@ -486,14 +535,32 @@ impl Executor for ContainerExecutor {
         };
         debug!(run_id = %spec.run_id, task = %spec.task, attempt = spec.attempt, container = short(&id), %image, "created container");
 
+        let attached = match self.attach(&id).await {
+            Ok(output) => Some(Self::spawn_reader(output, &spec, sink.clone())),
+            Err(reason) => {
+                debug!(container = short(&id), %reason, "falling back to following the logs");
+                None
+            }
+        };
         let outcome = match self
             .post_ok(&format!("/containers/{id}/start"), "start the container")
             .await
         {
             Ok(()) => {
-                let logs = self.spawn_logs(&id, &spec, sink);
+                let reader = match attached {
+                    Some(reader) => Some(reader),
+                    None => match self.follow_logs(&id).await {
+                        Ok(output) => Some(Self::spawn_reader(output, &spec, sink)),
+                        Err(reason) => {
+                            warn!(task = %spec.task, %reason, "step output is not captured");
+                            None
+                        }
+                    },
+                };
                 let outcome = self.supervise(&id, &spec, &cancel).await;
-                drain(logs).await;
+                if let Some(reader) = reader {
+                    drain(reader).await;
+                }
                 outcome
             }
             Err(reason) => {
@@ -504,6 +571,12 @@ impl Executor for ContainerExecutor {
         self.remove(&id).await;
         outcome
     }
+}
+
+/// A multiplexed output stream: a response body, or a connection the engine took over.
+enum Output {
+    Body(Incoming),
+    Raw(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 /// Force-removes a container whose supervising future was dropped before it could clean up.
