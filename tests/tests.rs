@@ -1,8 +1,9 @@
 //! capstan's integration tests: one binary (it links once) driving the real `capstan` command
-//! against temporary workspaces, real processes, SQLite and, when configured, PostgreSQL.
+//! against temporary workspaces, real processes, SQLite and, when configured, PostgreSQL and a Podman engine.
 
 mod util;
 
+mod containers;
 mod faults;
 mod features;
 mod inspect;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use capstan_exec::{Executor, LocalExecutor};
+use capstan_exec::{ContainerExecutor, Executor, LocalExecutor};
 use capstan_plan::{Action, Machine, Outcome, Recorded, TaskId, TaskResult};
 use capstan_spec::{Pipeline, Value};
 use capstan_store::{NewRun, RunRecord, RunStatus, TaskFinish, TaskRecord, TaskStatus, now_millis};
@@ -58,6 +58,33 @@ pub(crate) enum Msg {
     },
 }
 
+/// Stands in for an executor whose configuration is wrong, so that only runs that use it fail,
+/// with the reason.
+struct Unavailable {
+    name: &'static str,
+    reason: String,
+}
+
+#[async_trait::async_trait]
+impl Executor for Unavailable {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn preflight(&self) -> Result<(), String> {
+        Err(self.reason.clone())
+    }
+
+    async fn run(
+        &self,
+        _spec: capstan_exec::TaskSpec,
+        _cancel: CancellationToken,
+        _sink: Option<capstan_exec::LogSink>,
+    ) -> capstan_exec::Outcome {
+        capstan_exec::Outcome::SpawnFailed(self.reason.clone())
+    }
+}
+
 /// blake3 of the pipeline's canonical JSON: the pipeline's version.
 pub fn pipeline_digest(spec: &Value) -> String {
     format!(
@@ -70,6 +97,16 @@ impl Engine {
     pub fn new(ws: Workspace, observer: Arc<dyn Observer>) -> Engine {
         let mut executors: HashMap<String, Arc<dyn Executor>> = HashMap::new();
         executors.insert("local".to_string(), Arc::new(LocalExecutor::default()));
+        // The engine socket is only contacted when a step runs in a container; a bad
+        // CONTAINER_HOST or DOCKER_HOST is reported then, naming the variable's value.
+        let container: Arc<dyn Executor> = match ContainerExecutor::from_env() {
+            Ok(c) => Arc::new(c),
+            Err(reason) => Arc::new(Unavailable {
+                name: "container",
+                reason,
+            }),
+        };
+        executors.insert("container".to_string(), container);
         Engine {
             ws,
             executors,
@@ -93,6 +130,7 @@ impl Engine {
         options: &RunOptions,
     ) -> Result<RunRecord> {
         self.check_executors(pipeline, options)?;
+        self.preflight_executors(pipeline, options).await?;
         let spec = serde_json::to_value(pipeline).context("cannot serialise pipeline")?;
         let run = NewRun {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -123,7 +161,14 @@ impl Engine {
     fn check_executors(&self, pipeline: &Pipeline, options: &RunOptions) -> Result<()> {
         for step in pipeline.all_steps() {
             let name = self.executor_name(pipeline, step, options);
-            if !self.executors.contains_key(name) {
+            if let Some(executor) = self.executors.get(name) {
+                if executor.needs_image() && step.image.is_none() {
+                    bail!(
+                        "step `{}`: the {name} executor needs an `image` for the step",
+                        step.name
+                    );
+                }
+            } else {
                 let mut known: Vec<&str> = self.executors.keys().map(String::as_str).collect();
                 known.sort();
                 bail!(
@@ -131,6 +176,26 @@ impl Engine {
                     step.name,
                     known.join(", ")
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every executor the pipeline uses whether it can run steps now, so that an unreachable
+    /// container engine fails the run before its first step.
+    async fn preflight_executors(&self, pipeline: &Pipeline, options: &RunOptions) -> Result<()> {
+        let mut names: Vec<&str> = pipeline
+            .all_steps()
+            .map(|step| self.executor_name(pipeline, step, options))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            if let Some(executor) = self.executors.get(name) {
+                executor
+                    .preflight()
+                    .await
+                    .map_err(|reason| anyhow!("the {name} executor cannot run steps: {reason}"))?;
             }
         }
         Ok(())
@@ -162,6 +227,7 @@ impl Engine {
         let options: RunOptions = serde_json::from_value(run.options.clone())
             .context("the stored options of this run cannot be read")?;
         self.check_executors(&pipeline, &options)?;
+        self.preflight_executors(&pipeline, &options).await?;
 
         // A run that ended failed or cancelled is retried: its failed, cancelled and skipped
         // tasks run again. A run that stopped part way keeps every recorded result.

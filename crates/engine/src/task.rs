@@ -335,6 +335,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         log_path: log_path.clone(),
         image: step.image.clone(),
         resources: serde_json::to_value(&step.resources)?,
+        mounts: mounts(&ws.home, &a.base_dir, resolved.values()),
     };
     let observer = env.observer.clone();
     let sink: LogSink = Arc::new(move |task: &str, chunk: &[u8]| observer.log(task, chunk));
@@ -496,6 +497,31 @@ struct Rendered {
     shell: bool,
     env: Vec<(String, String)>,
     workdir: Option<String>,
+}
+
+/// What an isolating executor must make visible for the engine's paths to work: the workspace
+/// (scratch, outputs, local artifacts), the pipeline's directory, and any input artifact that
+/// lives elsewhere (a local artifact store outside the workspace).
+fn mounts<'a>(
+    home: &Path,
+    base_dir: &Path,
+    resolved: impl Iterator<Item = &'a Resolved>,
+) -> Vec<PathBuf> {
+    let mut out = vec![home.to_path_buf(), base_dir.to_path_buf()];
+    for r in resolved {
+        let paths: Vec<&String> = match r {
+            Resolved::Artifact { path, .. } => vec![path],
+            Resolved::Artifacts(xs) => xs.iter().map(|(p, _)| p).collect(),
+            _ => continue,
+        };
+        for p in paths {
+            let p = PathBuf::from(p);
+            if !out.iter().any(|m| p.starts_with(m)) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn failed(message: String) -> AttemptResult {

@@ -1,10 +1,12 @@
 //! Running one attempt of one task.
 //!
 //! The engine decides *what* runs; an [`Executor`] decides *where*: a local process (the default,
-//! [`LocalExecutor`]), and later containers, Ray jobs and Kubernetes jobs. Every executor receives a
+//! [`LocalExecutor`]), a container on Docker or Podman ([`ContainerExecutor`]), and later Ray jobs
+//! and Kubernetes jobs. Every executor receives a
 //! fully resolved [`TaskSpec`] and reports an [`Outcome`]; none of them touches the store, so the
 //! engine stays the only place that records state.
 
+mod container;
 mod local;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use container::{ContainerExecutor, DEFAULT_SOCKETS, PullPolicy, socket_path};
 pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
 
 /// One attempt of one task, with every template already resolved.
@@ -34,6 +37,10 @@ pub struct TaskSpec {
     pub image: Option<String>,
     /// Resource requests for executors that schedule (`{"cpu": .., "memory": ..}`); ignored locally.
     pub resources: serde_json::Value,
+    /// Host directories the step may refer to (the workspace, the pipeline's directory). Executors
+    /// that isolate the file system, such as containers, make them visible at the same paths; the
+    /// local executor ignores them.
+    pub mounts: Vec<PathBuf>,
 }
 
 /// How an attempt ended.
@@ -118,6 +125,18 @@ pub type LogSink = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 pub trait Executor: Send + Sync {
     /// A short lowercase name, as given to `--executor`.
     fn name(&self) -> &'static str;
+
+    /// True when every step this executor runs must name an `image`, so that the engine can
+    /// reject a pipeline before it starts.
+    fn needs_image(&self) -> bool {
+        false
+    }
+
+    /// Checks, before a run starts, that steps can run here at all (an engine or cluster
+    /// answers); the message says what to fix.
+    async fn preflight(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Runs one attempt to its end. Never panics and never returns early: a failure to start is
     /// [`Outcome::SpawnFailed`], and cancelling `cancel` stops the attempt and yields

@@ -28,7 +28,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(3);
 /// After the step's process exits, how long its output readers may keep draining the pipes. The
 /// group is killed first, so this only matters when something outside the group (a process that
 /// called `setsid`) still holds a pipe open.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// A line longer than this is passed on in pieces, so that output without newlines still reaches
 /// the log and the sink as it arrives instead of piling up in memory.
@@ -173,7 +173,7 @@ fn exit_outcome(status: std::io::Result<ExitStatus>, task: &str) -> Outcome {
     }
 }
 
-fn check_workdir(dir: &Path) -> Result<(), String> {
+pub(crate) fn check_workdir(dir: &Path) -> Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(format!(
@@ -193,13 +193,13 @@ fn check_workdir(dir: &Path) -> Result<(), String> {
 
 /// A step's log file, created when the step first writes output: a silent step costs no file,
 /// which matters on fan-outs of thousands of small steps. Readers treat a missing log as empty.
-struct LazyLog {
+pub(crate) struct LazyLog {
     path: std::path::PathBuf,
     file: Option<File>,
 }
 
 impl LazyLog {
-    fn new(path: &Path) -> LazyLog {
+    pub(crate) fn new(path: &Path) -> LazyLog {
         LazyLog {
             path: path.to_path_buf(),
             file: None,
@@ -297,7 +297,7 @@ where
 
 /// Cuts one output stream into lines, so that stdout and stderr, which share one log file, only
 /// ever interleave at line boundaries.
-struct LineWriter {
+pub(crate) struct LineWriter {
     task: String,
     log: Arc<Mutex<LazyLog>>,
     sink: Option<LogSink>,
@@ -305,7 +305,16 @@ struct LineWriter {
 }
 
 impl LineWriter {
-    fn push(&mut self, mut data: &[u8]) {
+    pub(crate) fn new(task: &str, log: Arc<Mutex<LazyLog>>, sink: Option<LogSink>) -> LineWriter {
+        LineWriter {
+            task: task.to_string(),
+            log,
+            sink,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
         while let Some(pos) = data.iter().position(|&b| b == b'\n') {
             let (line, rest) = data.split_at(pos + 1);
             if self.pending.is_empty() {
@@ -324,7 +333,7 @@ impl LineWriter {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
             self.emit(&rest);

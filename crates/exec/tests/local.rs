@@ -22,6 +22,7 @@ fn spec(dir: &Path, argv: &[&str]) -> TaskSpec {
         log_path: dir.join("logs/run1/step.1.log"),
         image: None,
         resources: serde_json::Value::Null,
+        mounts: Vec::new(),
     }
 }
 
