@@ -10,6 +10,7 @@
 
 mod error;
 pub mod filter;
+mod models;
 mod wire;
 
 use axum::Router;
@@ -79,11 +80,13 @@ pub fn router(tracking: Tracking) -> Router {
         .route("/runs/delete-tag", post(delete_tag))
         .route("/runs/log-batch", post(log_batch))
         .route("/runs/log-inputs", post(log_inputs))
+        .route("/runs/outputs", post(log_outputs))
         .route("/metrics/get-history", get(metric_history))
         .route(
             "/metrics/get-history-bulk-interval",
             get(metric_history_bulk_interval),
-        );
+        )
+        .merge(models::routes());
     let artifacts = Router::new()
         .route("/artifacts", get(list_artifacts))
         .route(
@@ -293,7 +296,8 @@ async fn get_run(State(t): St, req: Req) -> Reply {
         .get_tracking_run(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run '{id}' not found")))?;
-    ok(json!({"run": wire::run(&run)}))
+    let outputs = t.store.run_model_outputs(std::slice::from_ref(&id)).await?;
+    ok(json!({"run": models::with_outputs(wire::run(&run), &outputs)}))
 }
 
 async fn update_run(State(t): St, req: Req) -> Reply {
@@ -348,7 +352,21 @@ async fn search_runs(State(t): St, req: Req) -> Reply {
         offset: wire::decode_page_token(req.opt_str("page_token").as_deref())?,
     };
     let page = t.store.search_tracking_runs(&query).await?;
-    let mut body = json!({"runs": page.items.iter().map(wire::run).collect::<Vec<_>>()});
+    let ids: Vec<String> = page.items.iter().map(|r| r.info.run_id.clone()).collect();
+    let outputs = t.store.run_model_outputs(&ids).await?;
+    let runs: Vec<Value> = page
+        .items
+        .iter()
+        .map(|run| {
+            let mine: Vec<_> = outputs
+                .iter()
+                .filter(|o| o.run_id == run.info.run_id)
+                .cloned()
+                .collect();
+            models::with_outputs(wire::run(run), &mine)
+        })
+        .collect();
+    let mut body = json!({"runs": runs});
     if let Some(next) = page.next_offset {
         body["next_page_token"] = Value::String(wire::encode_page_token(next));
     }
@@ -432,6 +450,16 @@ async fn log_inputs(State(t): St, req: Req) -> Reply {
     t.store
         .log_inputs(&run_id(&req)?, &inputs, now_millis())
         .await?;
+    ok(json!({}))
+}
+
+async fn log_outputs(State(t): St, req: Req) -> Reply {
+    let outputs = req
+        .list("models")?
+        .iter()
+        .map(models::model_output)
+        .collect::<ApiResult<Vec<_>>>()?;
+    t.store.log_model_outputs(&run_id(&req)?, &outputs).await?;
     ok(json!({}))
 }
 
