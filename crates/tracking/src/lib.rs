@@ -1,7 +1,8 @@
 //! capstan's MLflow-compatible tracking API: an edge translator from MLflow's REST wire format
 //! to the store's [`TrackingStore`] and the artifact store's [`TrackingFiles`].
 //!
-//! [`router`] serves experiments, runs, metrics and the artifact proxy under `/api/2.0/mlflow/`,
+//! [`router`] serves experiments, runs, metrics, logged models, the model registry and the
+//! artifact proxy under `/api/2.0/mlflow/`,
 //! `/ajax-api/2.0/mlflow/` and `/api/2.0/mlflow-artifacts/`, plus `/api/3.0/mlflow/server-info`,
 //! so that the unmodified `mlflow` client works against `capstan server`.
 //!
