@@ -309,3 +309,33 @@ def test_model_registry_aliases_stages_and_search(client):
     with pytest.raises(MlflowException) as err:
         client.get_registered_model(name + "-new")
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_log_model_registers_and_registry_search_skips_prompts(server_url, client):
+    import mlflow.sklearn
+
+    model, x = _train()
+    name = unique("direct")
+    prompt = unique("prompt")
+    # The client refuses to create prompts as models; a prompt is a model with this tag.
+    tag = {"key": "mlflow.prompt.is_prompt", "value": "true"}
+    post(server_url, "registered-models/create", {"name": prompt, "tags": [tag]})
+    mlflow.set_experiment(unique("direct"))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+    assert str(info.registered_model_version) == "1"
+    version = client.get_model_version(name, "1")
+    assert version.source == f"models:/{info.model_id}" and version.status == "READY"
+    assert mlflow.sklearn.load_model(f"models:/{name}/latest").predict(x)[0] == pytest.approx(9.0)
+    names = [m.name for m in client.search_registered_models()]
+    assert name in names and prompt not in names
+    assert client.get_registered_model(name).latest_versions[0].version == "1"
+    with pytest.raises(MlflowException) as err:
+        client.get_registered_model(unique("missing"))
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as err:
+        client.transition_model_version_stage(name, "1", "Sideways")
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException) as err:
+        client.get_model_version(name, "7")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
