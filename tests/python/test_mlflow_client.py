@@ -233,3 +233,109 @@ def test_unknown_endpoint_and_unknown_run_are_4xx(server_url, client):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req)
     assert err.value.code == 404
+
+
+def _train():
+    from sklearn.linear_model import LinearRegression
+
+    x = [[0.0], [1.0], [2.0], [3.0]]
+    return LinearRegression().fit(x, [1.0, 3.0, 5.0, 7.0]), [[4.0]]
+
+
+def test_logged_model_loads_through_runs_uri(client):
+    import mlflow.sklearn
+
+    model, x = _train()
+    mlflow.set_experiment(unique("logged"))
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(model, name="model")
+    assert info.model_id.startswith("m-")
+    logged = client.get_logged_model(info.model_id)
+    assert logged.status.to_int() == 2
+    assert logged.source_run_id == run.info.run_id
+    assert logged.artifact_location.endswith(f"/models/{info.model_id}/artifacts")
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    assert loaded.predict(x)[0] == pytest.approx(9.0)
+    client.set_logged_model_tags(info.model_id, {"team": "a"})
+    assert client.get_logged_model(info.model_id).tags["team"] == "a"
+    client.delete_logged_model_tag(info.model_id, "team")
+    assert "team" not in client.get_logged_model(info.model_id).tags
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string="name = 'model'")
+    assert [m.model_id for m in found] == [info.model_id]
+    client.delete_logged_model(info.model_id)
+    with pytest.raises(MlflowException) as err:
+        client.get_logged_model(info.model_id)
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_model_registry_aliases_stages_and_search(client):
+    import mlflow.sklearn
+
+    model, x = _train()
+    name = unique("reg")
+    mlflow.set_experiment(unique("registry"))
+    with mlflow.start_run() as run:
+        mlflow.sklearn.log_model(model, name="model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+    assert version.version == "1" and version.status == "READY"
+    client.set_registered_model_alias(name, "champion", 1)
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert mlflow.sklearn.load_model(f"models:/{name}@champion").predict(x)[0] == pytest.approx(9.0)
+    assert mlflow.sklearn.load_model(f"models:/{name}/1").predict(x)[0] == pytest.approx(9.0)
+    assert name in [m.name for m in client.search_registered_models()]
+    assert [m.name for m in client.search_registered_models(filter_string=f"name = '{name}'")] == [name]
+    client.set_registered_model_tag(name, "owner", "me")
+    assert client.get_registered_model(name).tags == {"owner": "me"}
+    client.delete_registered_model_tag(name, "owner")
+    client.transition_model_version_stage(name, "1", "Production")
+    latest = client.get_latest_versions(name, stages=["Production"])
+    assert [v.version for v in latest] == ["1"]
+    client.set_model_version_tag(name, "1", "k", "v")
+    assert client.get_model_version(name, "1").tags == {"k": "v"}
+    client.update_model_version(name, "1", description="first")
+    assert client.get_model_version(name, "1").description == "first"
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    client.delete_registered_model_alias(name, "champion")
+    with pytest.raises(MlflowException) as err:
+        client.get_model_version_by_alias(name, "champion")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as err:
+        client.create_registered_model(name)
+    assert err.value.error_code == "RESOURCE_ALREADY_EXISTS"
+    client.rename_registered_model(name, name + "-new")
+    assert client.get_model_version(name + "-new", "1").current_stage == "Production"
+    client.delete_model_version(name + "-new", "1")
+    client.delete_registered_model(name + "-new")
+    with pytest.raises(MlflowException) as err:
+        client.get_registered_model(name + "-new")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_log_model_registers_and_registry_search_skips_prompts(server_url, client):
+    import mlflow.sklearn
+
+    model, x = _train()
+    name = unique("direct")
+    prompt = unique("prompt")
+    # The client refuses to create prompts as models; a prompt is a model with this tag.
+    tag = {"key": "mlflow.prompt.is_prompt", "value": "true"}
+    post(server_url, "registered-models/create", {"name": prompt, "tags": [tag]})
+    mlflow.set_experiment(unique("direct"))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+    assert str(info.registered_model_version) == "1"
+    version = client.get_model_version(name, "1")
+    assert version.source == f"models:/{info.model_id}" and version.status == "READY"
+    assert mlflow.sklearn.load_model(f"models:/{name}/latest").predict(x)[0] == pytest.approx(9.0)
+    names = [m.name for m in client.search_registered_models()]
+    assert name in names and prompt not in names
+    assert client.get_registered_model(name).latest_versions[0].version == "1"
+    with pytest.raises(MlflowException) as err:
+        client.get_registered_model(unique("missing"))
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as err:
+        client.transition_model_version_stage(name, "1", "Sideways")
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException) as err:
+        client.get_model_version(name, "7")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"

@@ -384,12 +384,18 @@ pub trait Store: Send + Sync + 'static {
 pub type DynStore = Arc<dyn Store>;
 
 mod common;
+mod models;
 mod postgres;
 mod sqlite;
 #[doc(hidden)]
 pub mod test_suite;
 mod tracking;
 
+pub use models::{
+    LoggedModel, LoggedModelQuery, MODEL_PENDING, MODEL_READY, MODEL_UPLOAD_FAILED, ModelAlias,
+    ModelOutput, ModelStore, ModelVersion, NewLoggedModel, NewModelVersion, RegisteredModel,
+    RegistryQuery, RunModelOutput, STAGES, canonical_stage, latest_per_stage,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tracking::{

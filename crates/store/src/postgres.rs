@@ -45,3 +45,9 @@ crate::tracking::tracking_impl!(
     PgConnection,
     crate::tracking::Dialect::Postgres
 );
+
+crate::models::models_impl!(
+    PostgresStore,
+    PgConnection,
+    crate::tracking::Dialect::Postgres
+);

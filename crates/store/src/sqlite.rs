@@ -153,3 +153,9 @@ crate::tracking::tracking_impl!(
     SqliteConnection,
     crate::tracking::Dialect::Sqlite
 );
+
+crate::models::models_impl!(
+    SqliteStore,
+    SqliteConnection,
+    crate::tracking::Dialect::Sqlite
+);

@@ -50,6 +50,8 @@ macro_rules! store_test_suite {
             task_finished_validates_its_input,
             run_contexts_are_shared_per_pipeline,
             tracking_runs_log_idempotently_and_search_in_sql,
+            logged_models_finalize_tag_and_search_by_name,
+            registry_versions_aliases_stages_and_tag_filters,
         );
     };
     (@tests $make:expr; $($test:ident),* $(,)?) => {
@@ -1197,4 +1199,309 @@ pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {
             .items
             .is_empty()
     );
+}
+
+pub async fn logged_models_finalize_tag_and_search_by_name(store: DynStore) {
+    use crate::{
+        Attribute, Clause, Comparator, Entity, KeyValue, LoggedModelQuery, MODEL_READY,
+        ModelOutput, NewLoggedModel, NewTrackingRun, Operand,
+    };
+    let tracking = store.tracking();
+    let experiment = tracking
+        .create_experiment("models", None, &[], 1)
+        .await
+        .unwrap();
+    let run = run_id("f", 0);
+    tracking
+        .create_tracking_run(&NewTrackingRun {
+            run_id: run.clone(),
+            experiment_id: experiment.experiment_id,
+            name: "r".to_owned(),
+            user_id: "u".to_owned(),
+            start_time: 1,
+            artifact_uri: "mem:/r".to_owned(),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+    let new = |id: &str, name: &str, at| NewLoggedModel {
+        model_id: id.to_owned(),
+        experiment_id: experiment.experiment_id,
+        name: name.to_owned(),
+        artifact_location: format!("mem:/{id}"),
+        model_type: String::new(),
+        source_run_id: Some(run.clone()),
+        tags: vec![KeyValue::new("t", "1")],
+        params: vec![KeyValue::new("alpha", "0.5")],
+        at,
+    };
+    let first = tracking
+        .create_logged_model(&new("m-1", "model", 10))
+        .await
+        .unwrap();
+    assert_eq!(first.status, "PENDING");
+    assert_eq!(first.params, vec![KeyValue::new("alpha", "0.5")]);
+    tracking
+        .create_logged_model(&new("m-2", "other", 11))
+        .await
+        .unwrap();
+    let ready = tracking
+        .finalize_logged_model("m-1", MODEL_READY, 12)
+        .await
+        .unwrap();
+    assert_eq!(ready.status, MODEL_READY);
+    assert_eq!(ready.last_updated_time, 12);
+    tracking
+        .log_logged_model_params("m-1", &[KeyValue::new("alpha", "0.5")])
+        .await
+        .unwrap();
+    let changed = tracking
+        .log_logged_model_params("m-1", &[KeyValue::new("alpha", "0.7")])
+        .await;
+    assert!(
+        matches!(changed, Err(StoreError::Invalid(_))),
+        "{changed:?}"
+    );
+    tracking
+        .set_logged_model_tags("m-1", &[KeyValue::new("t", "2")])
+        .await
+        .unwrap();
+    tracking.delete_logged_model_tag("m-2", "t").await.unwrap();
+    let by_name = LoggedModelQuery {
+        experiment_ids: vec![experiment.experiment_id],
+        clauses: vec![Clause {
+            entity: Entity::Attribute(Attribute::Name),
+            comparator: Comparator::Eq,
+            value: Operand::Text("model".to_owned()),
+        }],
+        order_by: vec![],
+        limit: 10,
+        offset: 0,
+    };
+    let found = tracking.search_logged_models(&by_name).await.unwrap();
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(found.items[0].tags, vec![KeyValue::new("t", "2")]);
+    let all = LoggedModelQuery {
+        clauses: vec![],
+        limit: 1,
+        ..by_name.clone()
+    };
+    let page = tracking.search_logged_models(&all).await.unwrap();
+    assert_eq!(page.items[0].model_id, "m-2", "newest first");
+    assert_eq!(page.next_offset, Some(1));
+    tracking
+        .log_model_outputs(
+            &run,
+            &[ModelOutput {
+                model_id: "m-1".to_owned(),
+                step: 0,
+            }],
+        )
+        .await
+        .unwrap();
+    tracking
+        .log_model_outputs(
+            &run,
+            &[ModelOutput {
+                model_id: "m-1".to_owned(),
+                step: 0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tracking
+            .run_model_outputs(std::slice::from_ref(&run))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let missing = tracking
+        .log_model_outputs(
+            &run,
+            &[ModelOutput {
+                model_id: "m-9".to_owned(),
+                step: 0,
+            }],
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+    tracking.delete_logged_model("m-1", 13).await.unwrap();
+    assert!(
+        tracking
+            .get_logged_model("m-1", false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tracking
+            .get_logged_model("m-1", true)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        tracking
+            .search_logged_models(&by_name)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+pub async fn registry_versions_aliases_stages_and_tag_filters(store: DynStore) {
+    use crate::{
+        Attribute, Clause, Comparator, Entity, KeyValue, NewModelVersion, Operand, RegistryQuery,
+    };
+    let tracking = store.tracking();
+    tracking
+        .create_registered_model("a", "", &[], 1)
+        .await
+        .unwrap();
+    tracking
+        .create_registered_model(
+            "p",
+            "",
+            &[KeyValue::new("mlflow.prompt.is_prompt", "true")],
+            1,
+        )
+        .await
+        .unwrap();
+    let taken = tracking.create_registered_model("a", "", &[], 2).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    let not_prompt = RegistryQuery {
+        clauses: vec![Clause {
+            entity: Entity::Tag("mlflow.prompt.is_prompt".to_owned()),
+            comparator: Comparator::Ne,
+            value: Operand::Text("true".to_owned()),
+        }],
+        order_by: vec![],
+        limit: 10,
+        offset: 0,
+    };
+    let found = tracking
+        .search_registered_models(&not_prompt)
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .items
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a"],
+        "a model without the tag matches !="
+    );
+    let version = |n: i64| NewModelVersion {
+        name: "a".to_owned(),
+        source: format!("mem:/{n}"),
+        run_id: None,
+        model_id: None,
+        description: String::new(),
+        user_id: String::new(),
+        tags: vec![],
+        at: 10 + n,
+    };
+    assert_eq!(
+        tracking
+            .create_model_version(&version(1))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        tracking
+            .create_model_version(&version(2))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    tracking.set_model_alias("a", "champion", 1).await.unwrap();
+    tracking.set_model_alias("a", "champion", 2).await.unwrap();
+    let champion = tracking
+        .model_version_by_alias("a", "champion")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (champion.version, champion.aliases.clone()),
+        (2, vec!["champion".to_owned()])
+    );
+    tracking
+        .transition_model_version("a", 1, "Production", false, 20)
+        .await
+        .unwrap();
+    tracking
+        .transition_model_version("a", 2, "Production", true, 21)
+        .await
+        .unwrap();
+    let model = tracking.get_registered_model("a").await.unwrap().unwrap();
+    let stages: Vec<(String, i64)> = model
+        .latest_versions
+        .iter()
+        .map(|v| (v.current_stage.clone(), v.version))
+        .collect();
+    assert_eq!(
+        stages,
+        [("Production".to_owned(), 2), ("Archived".to_owned(), 1)]
+    );
+    tracking
+        .set_model_version_tag("a", 1, &KeyValue::new("k", "v"))
+        .await
+        .unwrap();
+    let tagged = RegistryQuery {
+        clauses: vec![
+            Clause {
+                entity: Entity::Attribute(Attribute::Name),
+                comparator: Comparator::Eq,
+                value: Operand::Text("a".to_owned()),
+            },
+            Clause {
+                entity: Entity::Tag("k".to_owned()),
+                comparator: Comparator::Eq,
+                value: Operand::Text("v".to_owned()),
+            },
+        ],
+        ..not_prompt.clone()
+    };
+    let versions = tracking.search_model_versions(&tagged).await.unwrap();
+    assert_eq!(
+        versions.items.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1]
+    );
+    let renamed = tracking
+        .rename_registered_model("a", "b", 30)
+        .await
+        .unwrap();
+    assert_eq!(renamed.aliases.len(), 1);
+    assert_eq!(
+        tracking
+            .get_model_version("b", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .tags,
+        vec![KeyValue::new("k", "v")]
+    );
+    tracking.delete_model_version("b", 2).await.unwrap();
+    assert!(
+        tracking
+            .model_version_by_alias("b", "champion")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tracking.delete_registered_model("b").await.unwrap();
+    assert!(tracking.get_registered_model("b").await.unwrap().is_none());
+    assert!(tracking.get_model_version("b", 1).await.unwrap().is_none());
+    let gone = tracking.set_model_alias("b", "x", 1).await;
+    assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
 }

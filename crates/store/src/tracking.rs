@@ -156,6 +156,8 @@ pub enum Attribute {
     Name,
     CreationTime,
     LastUpdateTime,
+    /// A model version's number.
+    Version,
 }
 
 impl Attribute {
@@ -168,6 +170,7 @@ impl Attribute {
                 | Attribute::CreationTime
                 | Attribute::LastUpdateTime
                 | Attribute::ExperimentId
+                | Attribute::Version
         )
     }
 
@@ -305,7 +308,7 @@ pub struct RunMetric {
 }
 
 #[async_trait]
-pub trait TrackingStore: Send + Sync + 'static {
+pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
     /// Creates an experiment; a taken name is a [`StoreError::Conflict`].
     async fn create_experiment(
         &self,
@@ -435,7 +438,7 @@ pub(crate) fn like_to_glob(pattern: &str) -> String {
 
 /// A text comparison of `column` to `value`, honouring the case rules of MLflow's `LIKE`
 /// (case-sensitive) and `ILIKE` (case-insensitive) on both dialects.
-fn text_comparison(
+pub(crate) fn text_comparison(
     sql: &mut Sql,
     dialect: Dialect,
     column: &str,
@@ -477,7 +480,7 @@ fn text_comparison(
     Ok(())
 }
 
-fn numeric_comparison(
+pub(crate) fn numeric_comparison(
     sql: &mut Sql,
     column: &str,
     comparator: Comparator,

@@ -21,6 +21,8 @@ use capstan_store::{Attribute, Clause, Comparator, Entity, Operand, OrderKey};
 pub enum Target {
     Runs,
     Experiments,
+    /// Logged models, registered models and model versions.
+    Models,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,7 +223,7 @@ impl Parser {
         }
         match (kind, self.target) {
             ("metric", Target::Runs) => Ok(Entity::Metric(key)),
-            ("param", Target::Runs) => Ok(Entity::Param(key)),
+            ("param", Target::Runs | Target::Models) => Ok(Entity::Param(key)),
             ("tag", _) => Ok(Entity::Tag(key)),
             ("attribute", _) => self.attribute(&key, at).map(Entity::Attribute),
             ("dataset", Target::Runs) => match key.as_str() {
@@ -235,6 +237,9 @@ impl Parser {
                 at,
                 format!("experiments cannot be searched by {kind}s"),
             )),
+            (kind, Target::Models) => {
+                Err(error(at, format!("models cannot be searched by {kind}s")))
+            }
             (kind, Target::Runs) => Err(error(at, format!("unknown entity {kind}"))),
         }
     }
@@ -252,6 +257,19 @@ impl Parser {
             (Target::Experiments, "creation_time") => Attribute::CreationTime,
             (Target::Experiments, "last_update_time") => Attribute::LastUpdateTime,
             (Target::Experiments, "experiment_id") => Attribute::ExperimentId,
+            (Target::Models, "name") => Attribute::Name,
+            (Target::Models, "run_id" | "source_run_id") => Attribute::RunId,
+            (Target::Models, "status" | "current_stage") => Attribute::Status,
+            (Target::Models, "source_path" | "source") => Attribute::ArtifactUri,
+            (Target::Models, "version_number" | "version") => Attribute::Version,
+            (Target::Models, "experiment_id") => Attribute::ExperimentId,
+            (Target::Models, "creation_timestamp" | "creation_time" | "creation_timestamp_ms") => {
+                Attribute::CreationTime
+            }
+            (
+                Target::Models,
+                "last_updated_timestamp" | "last_update_time" | "last_updated_timestamp_ms",
+            ) => Attribute::LastUpdateTime,
             (_, other) => return Err(error(at, format!("unknown attribute `{other}`"))),
         };
         Ok(attribute)
@@ -432,6 +450,7 @@ fn attribute_name(attribute: Attribute) -> &'static str {
         Attribute::Name => "name",
         Attribute::CreationTime => "creation_time",
         Attribute::LastUpdateTime => "last_update_time",
+        Attribute::Version => "version_number",
     }
 }
 
@@ -477,6 +496,27 @@ pub fn render_filter(clauses: &[Clause]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn model_filters_take_the_registry_prompt_filter_and_reject_metrics() {
+        let clauses = parse_filter(
+            "name LIKE 'a%' AND tag.`mlflow.prompt.is_prompt` != 'true'",
+            Target::Models,
+        )
+        .unwrap();
+        assert_eq!(clauses[0].entity, Entity::Attribute(Attribute::Name));
+        assert_eq!(
+            clauses[1].entity,
+            Entity::Tag("mlflow.prompt.is_prompt".to_owned())
+        );
+        assert_eq!(clauses[1].comparator, Comparator::Ne);
+        let version = parse_filter("version_number > 1 AND run_id = 'x'", Target::Models).unwrap();
+        assert_eq!(version[0].entity, Entity::Attribute(Attribute::Version));
+        assert_eq!(version[0].value, Operand::Number(1.0));
+        assert_eq!(version[1].entity, Entity::Attribute(Attribute::RunId));
+        assert!(parse_filter("metrics.a > 1", Target::Models).is_err());
+        assert!(parse_order("creation_timestamp DESC", Target::Models).is_ok());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1,7 +1,8 @@
 //! capstan's MLflow-compatible tracking API: an edge translator from MLflow's REST wire format
 //! to the store's [`TrackingStore`] and the artifact store's [`TrackingFiles`].
 //!
-//! [`router`] serves experiments, runs, metrics and the artifact proxy under `/api/2.0/mlflow/`,
+//! [`router`] serves experiments, runs, metrics, logged models, the model registry and the
+//! artifact proxy under `/api/2.0/mlflow/`,
 //! `/ajax-api/2.0/mlflow/` and `/api/2.0/mlflow-artifacts/`, plus `/api/3.0/mlflow/server-info`,
 //! so that the unmodified `mlflow` client works against `capstan server`.
 //!
@@ -10,6 +11,7 @@
 
 mod error;
 pub mod filter;
+mod models;
 mod wire;
 
 use axum::Router;
@@ -79,11 +81,13 @@ pub fn router(tracking: Tracking) -> Router {
         .route("/runs/delete-tag", post(delete_tag))
         .route("/runs/log-batch", post(log_batch))
         .route("/runs/log-inputs", post(log_inputs))
+        .route("/runs/outputs", post(log_outputs))
         .route("/metrics/get-history", get(metric_history))
         .route(
             "/metrics/get-history-bulk-interval",
             get(metric_history_bulk_interval),
-        );
+        )
+        .merge(models::routes());
     let artifacts = Router::new()
         .route("/artifacts", get(list_artifacts))
         .route(
@@ -293,7 +297,8 @@ async fn get_run(State(t): St, req: Req) -> Reply {
         .get_tracking_run(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run '{id}' not found")))?;
-    ok(json!({"run": wire::run(&run)}))
+    let outputs = t.store.run_model_outputs(std::slice::from_ref(&id)).await?;
+    ok(json!({"run": models::with_outputs(wire::run(&run), &outputs)}))
 }
 
 async fn update_run(State(t): St, req: Req) -> Reply {
@@ -348,7 +353,21 @@ async fn search_runs(State(t): St, req: Req) -> Reply {
         offset: wire::decode_page_token(req.opt_str("page_token").as_deref())?,
     };
     let page = t.store.search_tracking_runs(&query).await?;
-    let mut body = json!({"runs": page.items.iter().map(wire::run).collect::<Vec<_>>()});
+    let ids: Vec<String> = page.items.iter().map(|r| r.info.run_id.clone()).collect();
+    let outputs = t.store.run_model_outputs(&ids).await?;
+    let runs: Vec<Value> = page
+        .items
+        .iter()
+        .map(|run| {
+            let mine: Vec<_> = outputs
+                .iter()
+                .filter(|o| o.run_id == run.info.run_id)
+                .cloned()
+                .collect();
+            models::with_outputs(wire::run(run), &mine)
+        })
+        .collect();
+    let mut body = json!({"runs": runs});
     if let Some(next) = page.next_offset {
         body["next_page_token"] = Value::String(wire::encode_page_token(next));
     }
@@ -432,6 +451,16 @@ async fn log_inputs(State(t): St, req: Req) -> Reply {
     t.store
         .log_inputs(&run_id(&req)?, &inputs, now_millis())
         .await?;
+    ok(json!({}))
+}
+
+async fn log_outputs(State(t): St, req: Req) -> Reply {
+    let outputs = req
+        .list("models")?
+        .iter()
+        .map(models::model_output)
+        .collect::<ApiResult<Vec<_>>>()?;
+    t.store.log_model_outputs(&run_id(&req)?, &outputs).await?;
     ok(json!({}))
 }
 
