@@ -311,6 +311,30 @@ pub(crate) fn model_clause(
     Ok(())
 }
 
+/// The SQL of a registry search: `select` (`SELECT ... FROM table alias`), then the filter
+/// clauses, the order and the page. Registered models and model versions share it.
+pub(crate) fn registry_search_sql(
+    dialect: Dialect,
+    table: ModelTable,
+    select: &str,
+    query: &RegistryQuery,
+) -> Result<Sql> {
+    let limit = crate::tracking::page_limit(query.limit)?;
+    let mut sql = Sql::default();
+    sql.push(select).push(" WHERE 1 = 1");
+    for clause in &query.clauses {
+        sql.push(" AND ");
+        model_clause(&mut sql, dialect, table, clause)?;
+    }
+    model_order(&mut sql, table, &query.order_by)?;
+    sql.push(" LIMIT ").arg(Arg::Int(limit));
+    sql.push(" OFFSET ").arg(Arg::Int(crate::common::to_i64(
+        query.offset,
+        "page offset",
+    )?));
+    Ok(sql)
+}
+
 pub(crate) fn model_order(sql: &mut Sql, table: ModelTable, keys: &[OrderKey]) -> Result<()> {
     sql.push(" ORDER BY ");
     for key in keys {
@@ -906,16 +930,12 @@ macro_rules! models_impl {
                 }
 
                 async fn search_registered_models(&self, query: &RegistryQuery) -> Result<Page<RegisteredModel>> {
-                    let limit = $crate::tracking::page_limit(query.limit)?;
-                    let mut sql = Sql::default();
-                    sql.push(&format!("SELECT {REGISTERED_MODEL_COLUMNS} FROM registered_models rm WHERE 1 = 1"));
-                    for clause in &query.clauses {
-                        sql.push(" AND ");
-                        $crate::models::model_clause(&mut sql, $dialect, ModelTable::Registered, clause)?;
-                    }
-                    $crate::models::model_order(&mut sql, ModelTable::Registered, &query.order_by)?;
-                    sql.push(" LIMIT ").arg(Arg::Int(limit));
-                    sql.push(" OFFSET ").arg(Arg::Int($crate::common::to_i64(query.offset, "page offset")?));
+                    let sql = $crate::models::registry_search_sql(
+                        $dialect,
+                        ModelTable::Registered,
+                        &format!("SELECT {REGISTERED_MODEL_COLUMNS} FROM registered_models rm"),
+                        query,
+                    )?;
                     let mut conn = self.pool.acquire().await.ctx("connecting")?;
                     let rows = bind_all!(sqlx::query_as::<_, RegisteredModelRow>(AssertSqlSafe(sql.text)), sql.args)
                         .fetch_all(&mut *conn)
@@ -1073,16 +1093,12 @@ macro_rules! models_impl {
                 }
 
                 async fn search_model_versions(&self, query: &RegistryQuery) -> Result<Page<ModelVersion>> {
-                    let limit = $crate::tracking::page_limit(query.limit)?;
-                    let mut sql = Sql::default();
-                    sql.push(&format!("SELECT {MODEL_VERSION_COLUMNS} FROM model_versions mv WHERE 1 = 1"));
-                    for clause in &query.clauses {
-                        sql.push(" AND ");
-                        $crate::models::model_clause(&mut sql, $dialect, ModelTable::Versions, clause)?;
-                    }
-                    $crate::models::model_order(&mut sql, ModelTable::Versions, &query.order_by)?;
-                    sql.push(" LIMIT ").arg(Arg::Int(limit));
-                    sql.push(" OFFSET ").arg(Arg::Int($crate::common::to_i64(query.offset, "page offset")?));
+                    let sql = $crate::models::registry_search_sql(
+                        $dialect,
+                        ModelTable::Versions,
+                        &format!("SELECT {MODEL_VERSION_COLUMNS} FROM model_versions mv"),
+                        query,
+                    )?;
                     let mut conn = self.pool.acquire().await.ctx("connecting")?;
                     let versions = version_rows(&mut conn, sql).await?;
                     Ok($crate::tracking::paged(versions, query.limit, query.offset))
