@@ -1041,22 +1041,12 @@ impl StepCtx<'_> {
             self.param_json(name, src, &mut p);
         }
         p.push(Part::Text("}, \"artifacts\": {".to_string()));
-        let defs = self.comp.pointer("/inputDefinitions/artifacts");
-        for (i, name) in self.artifacts.keys().enumerate() {
-            let sep = if i > 0 { ", " } else { "" };
-            let title = defs
-                .and_then(|d| d.get(name))
-                .map(schema_title)
-                .unwrap_or_else(|| "system.Artifact".to_string());
-            p.push(Part::Text(format!(
-                "{sep}{}: {{\"artifacts\": [{{\"name\": {}, \"type\": {{\"schemaTitle\": {}}}, \"uri\": ",
-                jtext(name),
-                jtext(name),
-                jtext(&title)
-            )));
-            p.push(json_part(Ref::Input(name.clone())));
-            p.push(Part::Text(", \"metadata\": {}}]}".to_string()));
-        }
+        self.push_artifacts(
+            &mut p,
+            "/inputDefinitions/artifacts",
+            self.artifacts.keys(),
+            Ref::Input,
+        );
         p.push(Part::Text(
             "}}, \"outputs\": {\"parameters\": {".to_string(),
         ));
@@ -1070,8 +1060,30 @@ impl StepCtx<'_> {
             p.push(Part::Text("}".to_string()));
         }
         p.push(Part::Text("}, \"artifacts\": {".to_string()));
-        let defs = self.comp.pointer("/outputDefinitions/artifacts");
-        for (i, name) in outputs.artifacts.keys().enumerate() {
+        self.push_artifacts(
+            &mut p,
+            "/outputDefinitions/artifacts",
+            outputs.artifacts.keys(),
+            Ref::Output,
+        );
+        p.push(Part::Text("}, \"outputFile\": ".to_string()));
+        p.push(json_part(Ref::Output(RESULTS.to_string())));
+        p.push(Part::Text("}}".to_string()));
+        p
+    }
+
+    /// Appends the executor-input entries of artifacts, inputs or outputs alike:
+    /// `"NAME": {"artifacts": [{"name", "type": {"schemaTitle"}, "uri", "metadata"}]}`, with the
+    /// schema title from the component's definitions at `defs` and the uri from `uri(NAME)`.
+    fn push_artifacts<'n>(
+        &self,
+        p: &mut Vec<Part>,
+        defs: &str,
+        names: impl Iterator<Item = &'n String>,
+        uri: impl Fn(String) -> Ref,
+    ) {
+        let defs = self.comp.pointer(defs);
+        for (i, name) in names.enumerate() {
             let sep = if i > 0 { ", " } else { "" };
             let title = defs
                 .and_then(|d| d.get(name))
@@ -1083,13 +1095,9 @@ impl StepCtx<'_> {
                 jtext(name),
                 jtext(&title)
             )));
-            p.push(json_part(Ref::Output(name.clone())));
+            p.push(json_part(uri(name.clone())));
             p.push(Part::Text(", \"metadata\": {}}]}".to_string()));
         }
-        p.push(Part::Text("}, \"outputFile\": ".to_string()));
-        p.push(json_part(Ref::Output(RESULTS.to_string())));
-        p.push(Part::Text("}}".to_string()));
-        p
     }
 
     /// Translates the KFP placeholders of one command-line argument.
