@@ -190,12 +190,7 @@ impl ArtifactStore {
         }
         match &self.inner.backend {
             Backend::Local { root } => {
-                let blob = root.join("blobs").join(&hex);
-                if !blob.exists() {
-                    return Err(ArtifactError::NotFound {
-                        uri: uri.to_string(),
-                    });
-                }
+                let blob = local_blob(root, &hex, uri)?;
                 let target = root.join("tracking").join(dest);
                 blocking(move || fsio::link_tree(&blob, &target)).await
             }
@@ -289,12 +284,7 @@ impl ArtifactStore {
         let hex = self.blob_hex(uri)?;
         match &self.inner.backend {
             Backend::Local { root } => {
-                let blob = root.join("blobs").join(&hex);
-                if !blob.exists() {
-                    return Err(ArtifactError::NotFound {
-                        uri: uri.to_string(),
-                    });
-                }
+                let blob = local_blob(root, &hex, uri)?;
                 Ok(blob)
             }
             Backend::Remote { store, prefix } => {
@@ -338,12 +328,7 @@ impl ArtifactStore {
         }
         match &self.inner.backend {
             Backend::Local { root } => {
-                let blob = root.join("blobs").join(&hex);
-                if !blob.exists() {
-                    return Err(ArtifactError::NotFound {
-                        uri: uri.to_string(),
-                    });
-                }
+                let blob = local_blob(root, &hex, uri)?;
                 let dest = dest.to_path_buf();
                 blocking(move || fsio::copy_out(&blob, &dest)).await
             }
@@ -605,6 +590,17 @@ impl ArtifactStore {
             }
         }
     }
+}
+
+/// The path of a blob in a local store, which must exist.
+fn local_blob(root: &Path, hex: &str, uri: &str) -> Result<PathBuf, ArtifactError> {
+    let blob = root.join("blobs").join(hex);
+    if !blob.exists() {
+        return Err(ArtifactError::NotFound {
+            uri: uri.to_string(),
+        });
+    }
+    Ok(blob)
 }
 
 /// Runs blocking filesystem work off the async threads.

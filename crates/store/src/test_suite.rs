@@ -52,6 +52,8 @@ macro_rules! store_test_suite {
             tracking_runs_log_idempotently_and_search_in_sql,
             logged_models_finalize_tag_and_search_by_name,
             registry_versions_aliases_stages_and_tag_filters,
+            pipeline_runs_and_attempts_are_tracking_runs,
+            a_failed_transition_leaves_no_tracking_rows,
         );
     };
     (@tests $make:expr; $($test:ident),* $(,)?) => {
@@ -1505,4 +1507,175 @@ pub async fn registry_versions_aliases_stages_and_tag_filters(store: DynStore) {
     assert!(tracking.get_model_version("b", 1).await.unwrap().is_none());
     let gone = tracking.set_model_alias("b", "x", 1).await;
     assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+}
+
+/// The tracking run `id` as (status, end time set, tags, params), or a panic naming it.
+async fn tracking_view(
+    store: &DynStore,
+    id: &str,
+) -> (
+    String,
+    bool,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+) {
+    let run = store
+        .tracking()
+        .get_tracking_run(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no tracking run {id}"));
+    let pairs = |kv: Vec<crate::KeyValue>| kv.into_iter().map(|p| (p.key, p.value)).collect();
+    (
+        run.info.status,
+        run.info.end_time.is_some(),
+        pairs(run.tags),
+        pairs(run.params),
+    )
+}
+
+pub async fn pipeline_runs_and_attempts_are_tracking_runs(store: DynStore) {
+    let run = run_id("t1", 1);
+    let created = store.create_run(new_run(&run, "mirror", 1)).await.unwrap();
+    let tracked = store
+        .tracking()
+        .get_tracking_run(&run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tracked.info.experiment_id, created.experiment_id);
+    assert_eq!(
+        tracked.info.artifact_uri,
+        format!(
+            "mlflow-artifacts:/{}/{run}/artifacts",
+            created.experiment_id
+        )
+    );
+    let (status, ended, tags, params) = tracking_view(&store, &run).await;
+    assert_eq!((status.as_str(), ended), ("SCHEDULED", false));
+    assert_eq!(tags["capstan.run_id"], run);
+    assert_eq!(tags["mlflow.source.name"], "mirror.yaml");
+    assert_eq!(params["rows"], "2000");
+    assert_eq!(params["tags"], r#"["x","y"]"#);
+
+    store
+        .set_run_status(&run, RunStatus::Running, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(tracking_view(&store, &run).await.0, "RUNNING");
+
+    // Attempt 1 runs, fails and is retried: its run ends FAILED, attempt 2 gets a run of its own.
+    let task = store.task_started(&run, start("a", 1, 10)).await.unwrap();
+    let first = crate::attempt_run_id(&task, 1);
+    assert_eq!(first, task);
+    let (status, ended, tags, params) = tracking_view(&store, &first).await;
+    assert_eq!((status.as_str(), ended), ("RUNNING", false));
+    assert_eq!(tags["mlflow.parentRunId"], run);
+    assert_eq!(tags["mlflow.runName"], "a");
+    assert_eq!(tags["capstan.attempt"], "1");
+    assert_eq!(params["rows"], "2000");
+    store
+        .task_pending(&run, "a", Some("retrying"))
+        .await
+        .unwrap();
+    let (status, ended, _, _) = tracking_view(&store, &first).await;
+    assert_eq!((status.as_str(), ended), ("FAILED", true));
+
+    store.task_started(&run, start("a", 2, 20)).await.unwrap();
+    let second = crate::attempt_run_id(&task, 2);
+    assert_ne!(second, first);
+    let mut done = finish("a", TaskStatus::Succeeded, 30);
+    done.output_parameters
+        .insert("accuracy".to_owned(), json!(0.9));
+    store.task_finished(&run, done).await.unwrap();
+    let (status, ended, tags, params) = tracking_view(&store, &second).await;
+    assert_eq!((status.as_str(), ended), ("FINISHED", true));
+    assert_eq!(tags["capstan.attempt"], "2");
+    assert_eq!(tags["capstan.status"], "succeeded");
+    assert_eq!(params["outputs.accuracy"], "0.9");
+
+    // Tasks that never started (cached, skipped) are nested runs too.
+    let mut cached = finish("b", TaskStatus::Cached, 40);
+    cached.cached_from = Some(task.clone());
+    cached
+        .input_parameters
+        .insert("params.rows".to_owned(), json!(5));
+    let b = store.task_finished(&run, cached).await.unwrap();
+    assert_eq!(b.inputs.parameters["params.rows"], json!(5));
+    let (status, _, tags, params) = tracking_view(&store, &b.id).await;
+    assert_eq!(status, "FINISHED");
+    assert_eq!(tags["capstan.cached"], "true");
+    assert_eq!(tags["capstan.cached_from"], task);
+    assert_eq!(tags["mlflow.parentRunId"], run);
+    assert_eq!(params["params.rows"], "5");
+    let failed = store
+        .task_finished(&run, finish("c", TaskStatus::Failed, 45))
+        .await
+        .unwrap();
+    assert_eq!(tracking_view(&store, &failed.id).await.0, "FAILED");
+
+    // Every nested run is in the pipeline's experiment and names its parent.
+    let page = store
+        .tracking()
+        .search_tracking_runs(&crate::RunQuery {
+            experiment_ids: vec![created.experiment_id],
+            clauses: vec![],
+            order_by: vec![],
+            view: crate::ViewType::ActiveOnly,
+            limit: 100,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 5);
+
+    store
+        .set_run_status(&run, RunStatus::Failed, Some("step c failed"), 50)
+        .await
+        .unwrap();
+    let (status, ended, _, _) = tracking_view(&store, &run).await;
+    assert_eq!((status.as_str(), ended), ("FAILED", true));
+    // A resumed run is running again, with no end.
+    store
+        .set_run_status(&run, RunStatus::Running, None, 60)
+        .await
+        .unwrap();
+    let (status, ended, _, _) = tracking_view(&store, &run).await;
+    assert_eq!((status.as_str(), ended), ("RUNNING", false));
+    store
+        .set_run_status(&run, RunStatus::Cancelled, None, 70)
+        .await
+        .unwrap();
+    assert_eq!(tracking_view(&store, &run).await.0, "KILLED");
+}
+
+pub async fn a_failed_transition_leaves_no_tracking_rows(store: DynStore) {
+    let run = run_id("t2", 1);
+    started_run(&store, &run).await;
+    // A start naming an input artifact that does not exist fails after the task row was written.
+    let mut bad = start("a", 1, 10);
+    bad.input_artifacts
+        .insert("data".to_owned(), reference("never-stored"));
+    store.task_started(&run, bad).await.unwrap_err();
+    assert!(store.list_tasks(&run).await.unwrap().is_empty());
+
+    // A cache hit whose reused artifact is gone records nothing, tracking run included.
+    let mut hit = finish("b", TaskStatus::Cached, 20);
+    hit.reused_artifacts
+        .insert("model".to_owned(), reference("never-stored"));
+    store.task_finished(&run, hit).await.unwrap_err();
+    let page = store
+        .tracking()
+        .search_tracking_runs(&crate::RunQuery {
+            experiment_ids: vec![store.get_run(&run).await.unwrap().unwrap().experiment_id],
+            clauses: vec![],
+            order_by: vec![],
+            view: crate::ViewType::All,
+            limit: 100,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.items.iter().map(|r| r.info.run_id.as_str()).collect();
+    assert_eq!(ids, vec![run.as_str()], "only the pipeline run is tracked");
 }
