@@ -10,5 +10,7 @@ mod inspect;
 mod kfp;
 mod quickstart;
 mod resume;
+mod tracking_link;
+mod tracking_load;
 mod tracking_python;
 mod validation;

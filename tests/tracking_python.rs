@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn venv_python() -> Option<String> {
+pub(crate) fn venv_python() -> Option<String> {
     let venv = std::env::var("CAPSTAN_VENV").unwrap_or_else(|_| "/var/tmp/capstan-venv".into());
     let python = format!("{venv}/bin/python");
     if Path::new(&python).exists() {

@@ -210,3 +210,126 @@ pub fn postgres_database(tag: &str) -> Option<String> {
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
     Some(format!("{base}/{name}"))
 }
+
+/// A `capstan server` on an ephemeral loopback port over a test workspace; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(dir: &Dir) -> Server {
+        let log = dir
+            .path()
+            .join(format!("server-{}.log", std::process::id()));
+        let mut child = dir
+            .command(&["server", "--port", "0"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("server log"))
+            .spawn()
+            .expect("spawn capstan server");
+        let mut url = None;
+        let found = eventually(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            url = text.lines().find_map(|l| {
+                l.split_once("listening on ")
+                    .map(|(_, u)| u.trim().to_string())
+            });
+            url.is_some() || child.try_wait().unwrap().is_some()
+        });
+        let Some(url) = url.filter(|_| found) else {
+            let _ = child.kill();
+            panic!(
+                "capstan server did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of the MLflow REST API of a server: JSON in, status and JSON out.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            client: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// `GET <base><path_and_query>`.
+    pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path_and_query}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
+        Self::read(response).await
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap().to_vec())
+    }
+
+    /// `POST <base>/api/2.0/mlflow/<endpoint>` with a JSON body.
+    pub async fn post(&self, endpoint: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/2.0/mlflow/{endpoint}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {endpoint}: {e}"));
+        Self::read(response).await
+    }
+
+    async fn read(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Every point of a metric of a run, following page tokens.
+    pub async fn history(&self, run_id: &str, key: &str) -> Vec<Value> {
+        let mut points = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (status, page) = self
+                .get(&format!(
+                    "/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}&max_results=5000&page_token={token}"
+                ))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            points.extend(page["metrics"].as_array().cloned().unwrap_or_default());
+            match page["next_page_token"].as_str() {
+                Some(next) if !next.is_empty() => token = next.to_string(),
+                _ => return points,
+            }
+        }
+    }
+}
