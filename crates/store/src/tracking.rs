@@ -709,6 +709,58 @@ pub(crate) fn loaded_value(value: f64, is_nan: i64) -> f64 {
     if is_nan != 0 { f64::NAN } else { value }
 }
 
+/// Rows per multi-row `INSERT` of metric points: 6 binds a row stays far below the bind limits
+/// of both SQLite (32,766) and PostgreSQL (65,535).
+pub(crate) const METRIC_ROWS_PER_INSERT: usize = 200;
+
+/// `INSERT INTO tracking_metrics ... VALUES ($1, ..., $6), ($7, ...) ON CONFLICT DO NOTHING` for
+/// `rows` points.
+pub(crate) fn insert_metrics_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO tracking_metrics (run_id, key, step, timestamp, value, is_nan) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let b = row * 6;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// The point of each key that a run's latest metric becomes after `metrics` are logged in order:
+/// the highest (step, timestamp, stored value), the first of equal ones. Keys keep the order of
+/// their first point.
+pub(crate) fn latest_points(metrics: &[Metric]) -> Vec<&Metric> {
+    let rank = |m: &Metric| (m.step, m.timestamp, stored_value(m.value).0);
+    let mut latest: Vec<&Metric> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for metric in metrics {
+        match index.get(metric.key.as_str()) {
+            Some(&i) => {
+                if rank(metric).partial_cmp(&rank(latest[i])) == Some(std::cmp::Ordering::Greater) {
+                    latest[i] = metric;
+                }
+            }
+            None => {
+                index.insert(&metric.key, latest.len());
+                latest.push(metric);
+            }
+        }
+    }
+    latest
+}
+
 /// Checks one batch before anything is written: no key is empty, and a param key does not
 /// appear twice with different values.
 pub(crate) fn check_batch(
@@ -1406,21 +1458,26 @@ macro_rules! tracking_impl {
                             )));
                         }
                     }
-                    for metric in metrics {
+                    // Points go in a few multi-row statements; the latest value of each key
+                    // is then updated once, from the batch's own latest point of that key.
+                    for chunk in metrics.chunks($crate::tracking::METRIC_ROWS_PER_INSERT) {
+                        // Built only from placeholders: every value is bound.
+                        let sql = $crate::tracking::insert_metrics_sql(chunk.len());
+                        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for metric in chunk {
+                            let (value, is_nan) = $crate::tracking::stored_value(metric.value);
+                            insert = insert
+                                .bind(run_id)
+                                .bind(&metric.key)
+                                .bind(metric.step)
+                                .bind(metric.timestamp)
+                                .bind(value)
+                                .bind(is_nan);
+                        }
+                        insert.execute(&mut *tx).await.ctx("logging metrics")?;
+                    }
+                    for metric in $crate::tracking::latest_points(metrics) {
                         let (value, is_nan) = $crate::tracking::stored_value(metric.value);
-                        sqlx::query(
-                            "INSERT INTO tracking_metrics (run_id, key, step, timestamp, value, is_nan) \
-                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(run_id)
-                        .bind(&metric.key)
-                        .bind(metric.step)
-                        .bind(metric.timestamp)
-                        .bind(value)
-                        .bind(is_nan)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("logging a metric")?;
                         sqlx::query(
                             "INSERT INTO tracking_latest_metrics (run_id, key, step, timestamp, value, is_nan) \
                              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1575,6 +1632,35 @@ pub(crate) use tracking_impl;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_points_take_the_highest_step_then_timestamp_then_value() {
+        let m = |key: &str, step, timestamp, value| Metric {
+            key: key.to_owned(),
+            value,
+            timestamp,
+            step,
+        };
+        let batch = [
+            m("a", 1, 10, 5.0),
+            m("b", 0, 10, 1.0),
+            m("a", 2, 5, 1.0),
+            m("a", 2, 5, 0.5),
+            m("b", 0, 11, 0.0),
+            m("a", 2, 5, 1.0),
+            m("c", 3, 1, f64::NAN),
+            m("c", 3, 1, -1.0),
+        ];
+        let latest: Vec<(String, i64, i64, f64)> = latest_points(&batch)
+            .into_iter()
+            .map(|p| (p.key.clone(), p.step, p.timestamp, p.value))
+            .collect();
+        assert_eq!(latest[0], ("a".to_owned(), 2, 5, 1.0));
+        assert_eq!(latest[1], ("b".to_owned(), 0, 11, 0.0));
+        // NaN is stored as 0, which ranks above -1.
+        assert_eq!((latest[2].1, latest[2].3.is_nan()), (3, true));
+        assert_eq!(insert_metrics_sql(2).matches('$').count(), 12);
+    }
 
     #[test]
     fn like_patterns_become_case_sensitive_globs() {
