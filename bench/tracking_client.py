@@ -71,6 +71,25 @@ def main():
     print()
 
 
+def search_both(client, session, url, exp, filt, expected, rounds):
+    """Median ms of one filtered, ordered search: through the client, then as a bare request."""
+    max_results = 100 if expected > 50 else 50
+
+    def via_client():
+        found = client.search_runs([exp], filt, order_by=["metrics.acc DESC"], max_results=max_results)
+        assert len(found) == min(expected, max_results), len(found)
+
+    body = {"experiment_ids": [exp], "filter": filt, "order_by": ["metrics.acc DESC"], "max_results": max_results}
+
+    def bare():
+        resp = session.post(url + "/api/2.0/mlflow/runs/search", json=body)
+        resp.raise_for_status()
+        assert len(resp.json()["runs"]) == min(expected, max_results)
+
+    via_client()
+    return statistics.median(latencies(rounds, via_client)), statistics.median(latencies(rounds, bare))
+
+
 def measure(args):
     client = MlflowClient(args.url)
     exp = client.create_experiment("bench-" + uuid.uuid4().hex[:8])
@@ -127,25 +146,9 @@ def measure(args):
         )
     filt = "metrics.acc > 0.5 AND params.kind = 'a'"
 
-    def search():
-        found = client.search_runs([search_exp], filt, order_by=["metrics.acc DESC"], max_results=50)
-        assert len(found) == 50, len(found)
-
-    search()
-    out["search_runs_ms"] = statistics.median(latencies(20 * args.repeats, search))
-    search_body = {
-        "experiment_ids": [search_exp],
-        "filter": filt,
-        "order_by": ["metrics.acc DESC"],
-        "max_results": 50,
-    }
-
-    def raw_search():
-        resp = session.post(args.url + "/api/2.0/mlflow/runs/search", json=search_body)
-        resp.raise_for_status()
-        assert len(resp.json()["runs"]) == 50
-
-    out["http_search_runs_ms"] = statistics.median(latencies(20 * args.repeats, raw_search))
+    out["search_runs_ms"], out["http_search_runs_ms"] = search_both(
+        client, session, args.url, search_exp, filt, 50, 20 * args.repeats
+    )
 
     hist_run = client.create_run(exp).info.run_id
     ts = now_ms()
@@ -181,28 +184,9 @@ def measure(args):
         out["scale_load_s"] = time.perf_counter() - start
         scale_filter = "params.group = 'g7' AND metrics.acc > 0.5"
 
-        def scale_search():
-            found = client.search_runs(
-                [scale_exp], scale_filter, order_by=["metrics.acc DESC"], max_results=100
-            )
-            # g7 holds i % 100 in {7, 27, 47, 67, 87}; two of those five have acc > 0.5.
-            assert len(found) == min(100, args.scale // 50), len(found)
-
-        scale_search()
-        out["scale_search_ms"] = statistics.median(latencies(10 * args.repeats, scale_search))
-        scale_body = {
-            "experiment_ids": [scale_exp],
-            "filter": scale_filter,
-            "order_by": ["metrics.acc DESC"],
-            "max_results": 100,
-        }
-
-        def raw_scale_search():
-            resp = session.post(args.url + "/api/2.0/mlflow/runs/search", json=scale_body)
-            resp.raise_for_status()
-
-        out["http_scale_search_ms"] = statistics.median(
-            latencies(10 * args.repeats, raw_scale_search)
+        # g7 holds i % 100 in {7, 27, 47, 67, 87}; two of those five have acc > 0.5.
+        out["scale_search_ms"], out["http_scale_search_ms"] = search_both(
+            client, session, args.url, scale_exp, scale_filter, args.scale // 50, 10 * args.repeats
         )
     return out
 

@@ -474,7 +474,11 @@ macro_rules! models_impl {
                 ModelVersionRow, NewLoggedModel, NewModelVersion, REGISTERED_MODEL_COLUMNS,
                 RegisteredModel, RegisteredModelRow, RegistryQuery,
             };
-            use $crate::tracking::{Arg, Sql, bind_all};
+            use $crate::tracking::{
+                Arg, LOGGED_MODEL_TAGS, MODEL_VERSION_TAGS, REGISTERED_MODEL_TAGS, Sql, bind_all,
+            };
+
+            $crate::tracking::tag_writers!($conn);
             use $crate::{ACTIVE, DELETED, KeyValue, Millis, Page, Result, StoreError};
 
             async fn pairs_of(
@@ -516,28 +520,23 @@ macro_rules! models_impl {
                 }
             }
 
-            async fn upsert_logged_pairs(
-                conn: &mut $conn,
-                table: &str,
-                id: &str,
-                pairs: &[KeyValue],
-                immutable: bool,
-            ) -> Result<()> {
-                let update = if immutable { format!("value = {table}.value") } else { "value = excluded.value".to_owned() };
+            /// Logs a logged model's params; re-logging a param's value is fine, changing it is not.
+            async fn log_logged_params(conn: &mut $conn, id: &str, pairs: &[KeyValue]) -> Result<()> {
                 for pair in pairs {
                     if pair.key.is_empty() {
                         return Err(StoreError::Invalid("a key must not be empty".to_owned()));
                     }
-                    let stored: String = sqlx::query_scalar(AssertSqlSafe(format!(
-                        "INSERT INTO {table} (model_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (model_id, key) DO UPDATE SET {update} RETURNING value"
-                    )))
+                    let stored: String = sqlx::query_scalar(
+                        "INSERT INTO logged_model_params (model_id, key, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (model_id, key) DO UPDATE SET value = logged_model_params.value \
+                         RETURNING value",
+                    )
                     .bind(id)
                     .bind(&pair.key)
                     .bind(&pair.value)
                     .fetch_one(&mut *conn)
                     .await
-                    .ctx("writing a logged model's tags or params")?;
+                    .ctx("writing a logged model's params")?;
                     if stored != pair.value {
                         return Err(StoreError::Invalid(format!(
                             "changing param values is not allowed: param `{}` of logged model \
@@ -682,8 +681,8 @@ macro_rules! models_impl {
                     .execute(&mut *tx)
                     .await
                     .ctx("creating a logged model")?;
-                    upsert_logged_pairs(&mut tx, "logged_model_tags", &model.model_id, &model.tags, false).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_params", &model.model_id, &model.params, true).await?;
+                    set_tag_rows(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(model.model_id.clone())], &model.tags).await?;
+                    log_logged_params(&mut tx, &model.model_id, &model.params).await?;
                     let row = require_logged(&mut tx, &model.model_id).await?;
                     let created = load_logged(&mut tx, row).await?;
                     tx.commit().await.ctx("committing a logged model")?;
@@ -730,20 +729,14 @@ macro_rules! models_impl {
                 async fn set_logged_model_tags(&self, id: &str, tags: &[KeyValue]) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_tags", id, tags, false).await?;
+                    set_tag_rows(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(id.to_owned())], tags).await?;
                     tx.commit().await.ctx("committing logged model tags")
                 }
 
                 async fn delete_logged_model_tag(&self, id: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    let deleted = sqlx::query("DELETE FROM logged_model_tags WHERE model_id = $1 AND key = $2")
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a logged model tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(id.to_owned())], key).await? {
                         return Err(StoreError::NotFound(format!("tag `{key}` of logged model `{id}`")));
                     }
                     tx.commit().await.ctx("committing a logged model tag deletion")
@@ -752,7 +745,7 @@ macro_rules! models_impl {
                 async fn log_logged_model_params(&self, id: &str, params: &[KeyValue]) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_params", id, params, true).await?;
+                    log_logged_params(&mut tx, id, params).await?;
                     tx.commit().await.ctx("committing logged model params")
                 }
 
@@ -850,18 +843,7 @@ macro_rules! models_impl {
                         }
                         Err(err) => return Err($crate::common::db_error(err, "creating a registered model")),
                     }
-                    for tag in tags {
-                        sqlx::query(
-                            "INSERT INTO registered_model_tags (name, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(name)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("tagging a registered model")?;
-                    }
+                    set_tag_rows(&mut tx, &REGISTERED_MODEL_TAGS, &[Arg::Text(name.to_owned())], tags).await?;
                     let model = require_registered(&mut tx, name).await?;
                     tx.commit().await.ctx("committing a registered model")?;
                     Ok(model)
@@ -952,28 +934,15 @@ macro_rules! models_impl {
                 async fn set_registered_model_tag(&self, name: &str, tag: &KeyValue) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_registered(&mut tx, name).await?;
-                    sqlx::query(
-                        "INSERT INTO registered_model_tags (name, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(name)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("tagging a registered model")?;
+                    let owner = [Arg::Text(name.to_owned())];
+                    set_tag_rows(&mut tx, &REGISTERED_MODEL_TAGS, &owner, std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing a registered model tag")
                 }
 
                 async fn delete_registered_model_tag(&self, name: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_registered(&mut tx, name).await?;
-                    sqlx::query("DELETE FROM registered_model_tags WHERE name = $1 AND key = $2")
-                        .bind(name)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a registered model tag")?;
+                    delete_tag_row(&mut tx, &REGISTERED_MODEL_TAGS, &[Arg::Text(name.to_owned())], key).await?;
                     tx.commit().await.ctx("committing a registered model tag deletion")
                 }
 
@@ -1001,19 +970,8 @@ macro_rules! models_impl {
                     .execute(&mut *tx)
                     .await
                     .ctx("creating a model version")?;
-                    for tag in &new.tags {
-                        sqlx::query(
-                            "INSERT INTO model_version_tags (name, version, key, value) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(&new.name)
-                        .bind(version)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("tagging a model version")?;
-                    }
+                    let owner = [Arg::Text(new.name.clone()), Arg::Int(version)];
+                    set_tag_rows(&mut tx, &MODEL_VERSION_TAGS, &owner, &new.tags).await?;
                     touch(&mut tx, &new.name, new.at).await?;
                     let created = require_version(&mut tx, &new.name, version).await?;
                     tx.commit().await.ctx("committing a model version")?;
@@ -1107,30 +1065,16 @@ macro_rules! models_impl {
                 async fn set_model_version_tag(&self, name: &str, version: i64, tag: &KeyValue) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_version(&mut tx, name, version).await?;
-                    sqlx::query(
-                        "INSERT INTO model_version_tags (name, version, key, value) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(name)
-                    .bind(version)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("tagging a model version")?;
+                    let owner = [Arg::Text(name.to_owned()), Arg::Int(version)];
+                    set_tag_rows(&mut tx, &MODEL_VERSION_TAGS, &owner, std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing a model version tag")
                 }
 
                 async fn delete_model_version_tag(&self, name: &str, version: i64, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_version(&mut tx, name, version).await?;
-                    sqlx::query("DELETE FROM model_version_tags WHERE name = $1 AND version = $2 AND key = $3")
-                        .bind(name)
-                        .bind(version)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a model version tag")?;
+                    let owner = [Arg::Text(name.to_owned()), Arg::Int(version)];
+                    delete_tag_row(&mut tx, &MODEL_VERSION_TAGS, &owner, key).await?;
                     tx.commit().await.ctx("committing a model version tag deletion")
                 }
 

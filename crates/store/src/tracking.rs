@@ -977,6 +977,121 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// A table of key/value tags, and the columns that name the entity a tag belongs to.
+pub(crate) struct TagTable {
+    pub(crate) table: &'static str,
+    pub(crate) owner: &'static [&'static str],
+}
+
+pub(crate) const EXPERIMENT_TAGS: TagTable = TagTable {
+    table: "experiment_tags",
+    owner: &["experiment_id"],
+};
+pub(crate) const RUN_TAGS: TagTable = TagTable {
+    table: "tracking_tags",
+    owner: &["run_id"],
+};
+pub(crate) const REGISTERED_MODEL_TAGS: TagTable = TagTable {
+    table: "registered_model_tags",
+    owner: &["name"],
+};
+pub(crate) const MODEL_VERSION_TAGS: TagTable = TagTable {
+    table: "model_version_tags",
+    owner: &["name", "version"],
+};
+pub(crate) const LOGGED_MODEL_TAGS: TagTable = TagTable {
+    table: "logged_model_tags",
+    owner: &["model_id"],
+};
+
+impl TagTable {
+    /// Sets one tag (a new value replaces the old one); binds the owner's ids, then key, value.
+    pub(crate) fn upsert_sql(&self) -> String {
+        let owner = self.owner.join(", ");
+        let n = self.owner.len();
+        let ids: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {} ({owner}, key, value) VALUES ({}, ${}, ${}) \
+             ON CONFLICT ({owner}, key) DO UPDATE SET value = excluded.value",
+            self.table,
+            ids.join(", "),
+            n + 1,
+            n + 2
+        )
+    }
+
+    /// Deletes one tag; binds the owner's ids, then the key.
+    pub(crate) fn delete_sql(&self) -> String {
+        let mut conditions: Vec<String> = self
+            .owner
+            .iter()
+            .enumerate()
+            .map(|(i, column)| format!("{column} = ${}", i + 1))
+            .collect();
+        conditions.push(format!("key = ${}", self.owner.len() + 1));
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.table,
+            conditions.join(" AND ")
+        )
+    }
+}
+
+/// The tag writers over one backend's connection type, for [`TagTable`]s: every tag table of
+/// the tracking store and the model registry goes through these two functions.
+macro_rules! tag_writers {
+    ($conn:ty) => {
+        /// Sets `tags` on the entity that `owner` names in `table`.
+        async fn set_tag_rows(
+            conn: &mut $conn,
+            table: &$crate::tracking::TagTable,
+            owner: &[$crate::tracking::Arg],
+            tags: &[KeyValue],
+        ) -> Result<()> {
+            let sql = table.upsert_sql();
+            for tag in tags {
+                if tag.key.is_empty() {
+                    return Err(StoreError::Invalid(
+                        "a tag key must not be empty".to_owned(),
+                    ));
+                }
+                let query = $crate::tracking::bind_all!(
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str())),
+                    owner.iter().cloned()
+                );
+                query
+                    .bind(&tag.key)
+                    .bind(&tag.value)
+                    .execute(&mut *conn)
+                    .await
+                    .ctx(&format!("setting a tag in {}", table.table))?;
+            }
+            Ok(())
+        }
+
+        /// Deletes the tag `key` of the entity that `owner` names in `table`; false when there
+        /// was none.
+        async fn delete_tag_row(
+            conn: &mut $conn,
+            table: &$crate::tracking::TagTable,
+            owner: &[$crate::tracking::Arg],
+            key: &str,
+        ) -> Result<bool> {
+            let query = $crate::tracking::bind_all!(
+                sqlx::query(sqlx::AssertSqlSafe(table.delete_sql())),
+                owner.iter().cloned()
+            );
+            let deleted = query
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .ctx(&format!("deleting a tag in {}", table.table))?;
+            Ok(deleted.rows_affected() > 0)
+        }
+    };
+}
+pub(crate) use tag_writers;
+
 /// Expands the one [`TrackingStore`] implementation for a backend, like `store_impl!` does
 /// for [`Store`](crate::Store).
 macro_rules! tracking_impl {
@@ -992,6 +1107,9 @@ macro_rules! tracking_impl {
                 DELETED, EXPERIMENT_COLUMNS, RUN_INFO_COLUMNS,
             };
             use $crate::{Millis, Result, StoreError};
+            use $crate::tracking::{EXPERIMENT_TAGS, RUN_TAGS};
+
+            $crate::tracking::tag_writers!($conn);
 
             /// `(owner, key, value)` rows of a key-value table for the given owners.
             async fn owned_pairs(
@@ -1115,17 +1233,8 @@ macro_rules! tracking_impl {
             }
 
             async fn upsert_tags(conn: &mut $conn, run_id: &str, tags: &[KeyValue]) -> Result<()> {
+                set_tag_rows(conn, &RUN_TAGS, &[Arg::Text(run_id.to_owned())], tags).await?;
                 for tag in tags {
-                    sqlx::query(
-                        "INSERT INTO tracking_tags (run_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(run_id)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *conn)
-                    .await
-                    .ctx("setting a run tag")?;
                     if tag.key == "mlflow.runName" {
                         sqlx::query("UPDATE tracking_runs SET name = $1 WHERE run_id = $2")
                             .bind(&tag.value)
@@ -1169,18 +1278,7 @@ macro_rules! tracking_impl {
                         }
                         Err(err) => return Err($crate::common::db_error(err, "creating an experiment")),
                     };
-                    for tag in tags {
-                        sqlx::query(
-                            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(id)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("setting an experiment tag")?;
-                    }
+                    set_tag_rows(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], tags).await?;
                     let experiment = require_experiment(&mut tx, id).await?;
                     tx.commit().await.ctx("committing a new experiment")?;
                     Ok(experiment)
@@ -1276,29 +1374,14 @@ macro_rules! tracking_impl {
                             "the experiment `{id}` must be in the 'active' state"
                         )));
                     }
-                    sqlx::query(
-                        "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(id)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("setting an experiment tag")?;
+                    set_tag_rows(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing an experiment tag")
                 }
 
                 async fn delete_experiment_tag(&self, id: i64, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_experiment(&mut tx, id).await?;
-                    let deleted = sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2")
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting an experiment tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], key).await? {
                         return Err(StoreError::NotFound(format!(
                             "tag `{key}` of experiment `{id}`"
                         )));
@@ -1507,13 +1590,7 @@ macro_rules! tracking_impl {
                 async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_active_run(&mut tx, run_id).await?;
-                    let deleted = sqlx::query("DELETE FROM tracking_tags WHERE run_id = $1 AND key = $2")
-                        .bind(run_id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a run tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &RUN_TAGS, &[Arg::Text(run_id.to_owned())], key).await? {
                         return Err(StoreError::NotFound(format!("tag `{key}` of run `{run_id}`")));
                     }
                     tx.commit().await.ctx("committing a run tag deletion")
