@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 use crate::tracking::{Arg, Dialect, Sql, numeric_comparison, text_comparison};
-use crate::{Attribute, Clause, Comparator, Entity, KeyValue, Millis, OrderKey, Page, Result};
+use crate::{
+    Attribute, Clause, Comparator, Entity, KeyValue, Metric, Millis, OrderKey, Page, Result,
+};
 
 /// A logged model's status: `PENDING` until its artifacts are uploaded, then `READY` (or
 /// `UPLOAD_FAILED`).
@@ -35,6 +37,19 @@ pub struct LoggedModel {
     pub lifecycle_stage: String,
     pub tags: Vec<KeyValue>,
     pub params: Vec<KeyValue>,
+    /// Every point logged against the model, by run, key, step and timestamp.
+    pub metrics: Vec<ModelMetric>,
+}
+
+/// A metric point logged against a logged model by a run, optionally for a dataset (empty
+/// name and digest when none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetric {
+    pub model_id: String,
+    pub run_id: String,
+    pub metric: Metric,
+    pub dataset_name: String,
+    pub dataset_digest: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +164,9 @@ pub trait ModelStore: Send + Sync + 'static {
     /// [`StoreError::Invalid`].
     async fn log_logged_model_params(&self, id: &str, params: &[KeyValue]) -> Result<()>;
     async fn search_logged_models(&self, query: &LoggedModelQuery) -> Result<Page<LoggedModel>>;
+    /// Records points of active logged models, logged by an active run; a point logged again
+    /// is a no-op.
+    async fn log_logged_model_metrics(&self, metrics: &[ModelMetric]) -> Result<()>;
     /// Records models an active run produced; recording the same output again is a no-op.
     async fn log_model_outputs(&self, run_id: &str, outputs: &[ModelOutput]) -> Result<()>;
     /// The models the given runs produced, by run, model and step.
@@ -383,6 +401,7 @@ impl LoggedModelRow {
             lifecycle_stage: self.lifecycle_stage,
             tags: Vec::new(),
             params: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -469,7 +488,8 @@ macro_rules! models_impl {
             use $crate::common::DbContext;
             use $crate::models::{
                 LOGGED_MODEL_COLUMNS, LoggedModel, LoggedModelQuery, LoggedModelRow,
-                MODEL_PENDING, MODEL_VERSION_COLUMNS, ModelAlias, ModelOutput, ModelTable, ModelVersion,
+                MODEL_PENDING, MODEL_VERSION_COLUMNS, ModelAlias, ModelMetric, ModelOutput, ModelTable,
+                ModelVersion,
                 RunModelOutput,
                 ModelVersionRow, NewLoggedModel, NewModelVersion, REGISTERED_MODEL_COLUMNS,
                 RegisteredModel, RegisteredModelRow, RegistryQuery,
@@ -500,6 +520,25 @@ macro_rules! models_impl {
                 let mut model = row.into_model();
                 model.tags = pairs_of(conn, "logged_model_tags", &model.model_id).await?;
                 model.params = pairs_of(conn, "logged_model_params", &model.model_id).await?;
+                let rows: Vec<(String, String, i64, i64, f64, i64, String, String)> = sqlx::query_as(
+                    "SELECT run_id, key, step, timestamp, value, is_nan, dataset_name, dataset_digest \
+                     FROM logged_model_metrics WHERE model_id = $1 \
+                     ORDER BY run_id, key, step, timestamp, value",
+                )
+                .bind(&model.model_id)
+                .fetch_all(&mut *conn)
+                .await
+                .ctx("reading a logged model's metrics")?;
+                model.metrics = rows
+                    .into_iter()
+                    .map(|(run_id, key, step, timestamp, value, is_nan, dataset_name, dataset_digest)| ModelMetric {
+                        model_id: model.model_id.clone(),
+                        run_id,
+                        metric: $crate::tracking::Metric { key, value: $crate::tracking::loaded_value(value, is_nan), timestamp, step },
+                        dataset_name,
+                        dataset_digest,
+                    })
+                    .collect();
                 Ok(model)
             }
 
@@ -511,6 +550,20 @@ macro_rules! models_impl {
                 .fetch_optional(&mut *conn)
                 .await
                 .ctx("reading a logged model")
+            }
+
+            /// Fails unless the tracking run exists and is not deleted.
+            async fn require_live_run(conn: &mut $conn, run_id: &str) -> Result<()> {
+                let stage: Option<String> = sqlx::query_scalar("SELECT lifecycle_stage FROM tracking_runs WHERE run_id = $1")
+                    .bind(run_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .ctx("reading a run")?;
+                match stage.as_deref() {
+                    Some(ACTIVE) => Ok(()),
+                    Some(_) => Err(StoreError::Invalid(format!("run `{run_id}` is deleted"))),
+                    None => Err(StoreError::NotFound(format!("run `{run_id}`"))),
+                }
             }
 
             async fn require_logged(conn: &mut $conn, id: &str) -> Result<LoggedModelRow> {
@@ -779,16 +832,7 @@ macro_rules! models_impl {
 
                 async fn log_model_outputs(&self, run_id: &str, outputs: &[ModelOutput]) -> Result<()> {
                     let mut tx = self.begin().await?;
-                    let stage: Option<String> = sqlx::query_scalar("SELECT lifecycle_stage FROM tracking_runs WHERE run_id = $1")
-                        .bind(run_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .ctx("reading a run")?;
-                    match stage.as_deref() {
-                        Some(ACTIVE) => {}
-                        Some(_) => return Err(StoreError::Invalid(format!("run `{run_id}` is deleted"))),
-                        None => return Err(StoreError::NotFound(format!("run `{run_id}`"))),
-                    }
+                    require_live_run(&mut tx, run_id).await?;
                     for output in outputs {
                         require_logged(&mut tx, &output.model_id).await?;
                         sqlx::query(
@@ -803,6 +847,39 @@ macro_rules! models_impl {
                         .ctx("logging a run output")?;
                     }
                     tx.commit().await.ctx("committing run outputs")
+                }
+
+                async fn log_logged_model_metrics(&self, metrics: &[ModelMetric]) -> Result<()> {
+                    let mut tx = self.begin().await?;
+                    let mut checked: std::collections::BTreeSet<(&str, &str)> = Default::default();
+                    for point in metrics {
+                        if point.metric.key.is_empty() {
+                            return Err(StoreError::Invalid("a key must not be empty".to_owned()));
+                        }
+                        if checked.insert((&point.run_id, &point.model_id)) {
+                            require_live_run(&mut tx, &point.run_id).await?;
+                            require_logged(&mut tx, &point.model_id).await?;
+                        }
+                        let (value, is_nan) = $crate::tracking::stored_value(point.metric.value);
+                        sqlx::query(
+                            "INSERT INTO logged_model_metrics (model_id, run_id, key, step, timestamp, value, \
+                             is_nan, dataset_name, dataset_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&point.model_id)
+                        .bind(&point.run_id)
+                        .bind(&point.metric.key)
+                        .bind(point.metric.step)
+                        .bind(point.metric.timestamp)
+                        .bind(value)
+                        .bind(is_nan)
+                        .bind(&point.dataset_name)
+                        .bind(&point.dataset_digest)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("logging a logged model's metric")?;
+                    }
+                    tx.commit().await.ctx("committing logged model metrics")
                 }
 
                 async fn run_model_outputs(&self, run_ids: &[String]) -> Result<Vec<RunModelOutput>> {

@@ -383,9 +383,11 @@ async fn log_metric(State(t): St, req: Req) -> Reply {
             .ok_or_else(|| ApiError::missing("timestamp"))?,
         step: req.opt_i64("step")?.unwrap_or(0),
     };
-    t.store
-        .log_batch(&run_id(&req)?, &[metric], &[], &[])
-        .await?;
+    let run_id = run_id(&req)?;
+    if let Some(point) = wire::model_metric(req.fields(), &run_id, &metric) {
+        t.store.log_logged_model_metrics(&[point]).await?;
+    }
+    t.store.log_batch(&run_id, &[metric], &[], &[]).await?;
     ok(json!({}))
 }
 
@@ -411,8 +413,9 @@ async fn delete_tag(State(t): St, req: Req) -> Reply {
 }
 
 async fn log_batch(State(t): St, req: Req) -> Reply {
-    let metrics = req
-        .list("metrics")?
+    let run_id = run_id(&req)?;
+    let items = req.list("metrics")?;
+    let metrics = items
         .iter()
         .map(wire::metric)
         .collect::<ApiResult<Vec<_>>>()?;
@@ -436,9 +439,19 @@ async fn log_batch(State(t): St, req: Req) -> Reply {
             tags.len()
         )));
     }
-    t.store
-        .log_batch(&run_id(&req)?, &metrics, &params, &tags)
-        .await?;
+    // Points logged against a logged model are points of the run as well.
+    let model_points: Vec<_> = items
+        .iter()
+        .zip(&metrics)
+        .filter_map(|(item, metric)| {
+            item.as_object()
+                .and_then(|fields| wire::model_metric(fields, &run_id, metric))
+        })
+        .collect();
+    if !model_points.is_empty() {
+        t.store.log_logged_model_metrics(&model_points).await?;
+    }
+    t.store.log_batch(&run_id, &metrics, &params, &tags).await?;
     ok(json!({}))
 }
 
