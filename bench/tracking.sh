@@ -95,6 +95,7 @@ rows = [
 ]
 client_rows = [
     ("log-metric (calls/s)", "http_log_metric_calls_per_s", "log_metric_calls_per_s", True),
+    ("log-batch, 1000 metrics (metrics/s)", "http_log_batch_metrics_per_s", "log_batch_metrics_per_s", True),
     ("search-runs, 200 runs (ms)", "http_search_runs_ms", "search_runs_ms", False),
     ("get-history, 300 points (ms)", "http_metric_history_ms", "metric_history_ms", False),
 ]

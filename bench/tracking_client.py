@@ -126,6 +126,22 @@ def measure(args):
         1000 * rate(5, batch, max_count=300) for _ in range(args.repeats)
     )
 
+    def raw_batch(_):
+        ts = now_ms()
+        metrics = [
+            {"key": f"r{j % 10}", "value": float(j), "timestamp": ts, "step": step[0] + j // 10}
+            for j in range(1000)
+        ]
+        step[0] += 100
+        resp = session.post(
+            args.url + "/api/2.0/mlflow/runs/log-batch", json={"run_id": batch_run, "metrics": metrics}
+        )
+        resp.raise_for_status()
+
+    out["http_log_batch_metrics_per_s"] = statistics.median(
+        1000 * rate(5, raw_batch, max_count=300) for _ in range(args.repeats)
+    )
+
     def lifecycle(i):
         rid = client.create_run(exp).info.run_id
         client.log_param(rid, "i", str(i))

@@ -374,3 +374,28 @@ def test_metrics_logged_against_a_logged_model(client):
     with pytest.raises(MlflowException) as err:
         client.log_metric(run.info.run_id, "x", 1.0, model_id="m-" + "0" * 32)
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_concurrent_single_metrics_all_land_and_errors_stay_per_request(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    exp = client.create_experiment(unique("concurrent"))
+    runs = [client.create_run(exp).info.run_id for _ in range(4)]
+
+    def log(worker):
+        for step in range(50):
+            client.log_metric(runs[worker % 4], f"w{worker}", float(step), step=step)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(log, range(16)))
+    for worker in range(16):
+        history = client.get_metric_history(runs[worker % 4], f"w{worker}")
+        assert [m.step for m in history] == list(range(50))
+    assert client.get_run(runs[0]).data.metrics["w0"] == 49.0
+    with pytest.raises(MlflowException) as err:
+        client.log_metric("f" * 32, "x", 1.0)
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    client.delete_run(runs[1])
+    with pytest.raises(MlflowException) as err:
+        client.log_metric(runs[1], "x", 1.0)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"

@@ -22,7 +22,7 @@ const DEFAULT_MODEL_VERSIONS_PAGE: u32 = 10_000;
 type St = State<Tracking>;
 
 /// The logged-model and registry routes, relative to `/api/2.0/mlflow`.
-pub fn routes() -> Router<Tracking> {
+pub fn routes() -> Router<crate::Shared> {
     Router::new()
         .route("/logged-models", post(create_logged_model))
         .route("/logged-models/search", post(search_logged_models))
