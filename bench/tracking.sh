@@ -73,13 +73,25 @@ echo "capstan $("$bin" --version | awk '{print $NF}') on :$cport" >&2
 run_id="$(curl -fsS -X POST "$curl_url/api/2.0/mlflow/runs/create" -H 'Content-Type: application/json' \
   -d '{"experiment_id":"0"}' | "$python" -c 'import json,sys; print(json.load(sys.stdin)["run"]["info"]["run_id"])')"
 RUN_ID="$run_id" wrk -t2 -c32 -d10s -s bench/tracking_wrk.lua "$curl_url" >"$out/wrk.txt"
-stored=0
-for t in 0 1; do
-  n="$(curl -fsS "$curl_url/api/2.0/mlflow/metrics/get-history?run_id=$run_id&metric_key=load$t" |
-    "$python" -c 'import json,sys; print(len(json.load(sys.stdin).get("metrics", [])))')"
-  stored=$((stored + n))
-done
-echo "stored=$stored" >>"$out/wrk.txt"
+# Every point of both wrk threads' keys, through all history pages.
+"$python" - "$curl_url" "$run_id" >>"$out/wrk.txt" <<'EOF'
+import json, sys, urllib.parse, urllib.request
+url, run_id = sys.argv[1:]
+stored = 0
+for key in ("load0", "load1"):
+    token = None
+    while True:
+        query = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+        if token:
+            query["page_token"] = token
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/metrics/get-history?" + urllib.parse.urlencode(query)) as resp:
+            page = json.load(resp)
+        stored += len(page.get("metrics", []))
+        token = page.get("next_page_token")
+        if not token:
+            break
+print(f"stored={stored}")
+EOF
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
