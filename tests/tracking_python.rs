@@ -1,8 +1,10 @@
 //! The mlflow client-compatibility suite (`tests/python/`): the unmodified `mlflow` client,
-//! from the venv that `scripts/python-env.sh` creates, against a live `capstan server`.
+//! from the venv that `scripts/python-env.sh` creates, against a live `capstan server`, once on
+//! the workspace's SQLite and once on a fresh PostgreSQL database.
 //!
-//! Without the venv the test is skipped, unless `CAPSTAN_REQUIRE_PYTHON=1` (as in CI), which
-//! makes it fail instead.
+//! Without the venv the tests are skipped, unless `CAPSTAN_REQUIRE_PYTHON=1` (as in CI), which
+//! makes them fail instead. The Postgres run follows the rules of [`crate::util::postgres_database`]
+//! (`CAPSTAN_TEST_POSTGRES_URL`, and `CAPSTAN_REQUIRE_POSTGRES=1` in CI).
 
 use std::path::Path;
 use std::process::Command;
@@ -20,18 +22,42 @@ pub(crate) fn venv_python() -> Option<String> {
     None
 }
 
-#[test]
-fn mlflow_client_suite_passes() {
-    let Some(python) = venv_python() else {
-        return;
-    };
+/// Runs the suite against a server on `backend_store_uri` (the workspace's SQLite when `None`).
+fn run_suite(python: &str, backend_store_uri: Option<&str>) {
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
-    let status = Command::new(python)
+    let mut pytest = Command::new(python);
+    pytest
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(&suite)
         .current_dir(&suite)
         .env("CAPSTAN_BIN", crate::util::bin())
-        .status()
-        .expect("run pytest");
-    assert!(status.success(), "the mlflow client suite failed: {status}");
+        .env_remove("CAPSTAN_TEST_BACKEND_STORE_URI");
+    if let Some(uri) = backend_store_uri {
+        pytest.env("CAPSTAN_TEST_BACKEND_STORE_URI", uri);
+    }
+    let status = pytest.status().expect("run pytest");
+    let backend = backend_store_uri.map_or("SQLite", |_| "PostgreSQL");
+    assert!(
+        status.success(),
+        "the mlflow client suite failed on {backend}: {status}"
+    );
+}
+
+#[test]
+fn mlflow_client_suite_passes_on_sqlite() {
+    let Some(python) = venv_python() else {
+        return;
+    };
+    run_suite(&python, None);
+}
+
+#[test]
+fn mlflow_client_suite_passes_on_postgres() {
+    let Some(python) = venv_python() else {
+        return;
+    };
+    let Some(url) = crate::util::postgres_database("mlflow_suite") else {
+        return;
+    };
+    run_suite(&python, Some(&url));
 }

@@ -4,6 +4,7 @@ The binary is $CAPSTAN_BIN (the integration test binary sets it), or target/debu
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -48,6 +49,7 @@ def server_url():
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -339,3 +339,63 @@ def test_log_model_registers_and_registry_search_skips_prompts(server_url, clien
     with pytest.raises(MlflowException) as err:
         client.get_model_version(name, "7")
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_metrics_logged_against_a_logged_model(client):
+    import mlflow.sklearn
+    import pandas as pd
+
+    model, _ = _train()
+    mlflow.set_experiment(unique("model-metrics"))
+    dataset = mlflow.data.from_pandas(pd.DataFrame({"x": [1, 2]}), name="eval")
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(model, name="model")
+        mlflow.log_metric("rmse", 0.5, step=1, model_id=info.model_id)
+        mlflow.log_metric("rmse", 0.25, step=2, model_id=info.model_id, dataset=dataset)
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run.info.run_id, metrics=[Metric("mae", 0.1, now, 0, model_id=info.model_id)]
+        )
+        # After log_model the client links fluent metrics to the model it just logged.
+        mlflow.log_metric("linked", 1.0)
+    logged = client.get_logged_model(info.model_id)
+    points = sorted((m.key, m.step, m.value, m.dataset_name) for m in logged.metrics)
+    assert points == [
+        ("linked", 0, 1.0, None),
+        ("mae", 0, 0.1, None),
+        ("rmse", 1, 0.5, None),
+        ("rmse", 2, 0.25, "eval"),
+    ]
+    assert {m.run_id for m in logged.metrics} == {run.info.run_id}
+    # The points are the run's as well.
+    assert client.get_run(run.info.run_id).data.metrics["rmse"] == 0.25
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert len(found[0].metrics) == 4
+    with pytest.raises(MlflowException) as err:
+        client.log_metric(run.info.run_id, "x", 1.0, model_id="m-" + "0" * 32)
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_concurrent_single_metrics_all_land_and_errors_stay_per_request(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    exp = client.create_experiment(unique("concurrent"))
+    runs = [client.create_run(exp).info.run_id for _ in range(4)]
+
+    def log(worker):
+        for step in range(50):
+            client.log_metric(runs[worker % 4], f"w{worker}", float(step), step=step)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(log, range(16)))
+    for worker in range(16):
+        history = client.get_metric_history(runs[worker % 4], f"w{worker}")
+        assert [m.step for m in history] == list(range(50))
+    assert client.get_run(runs[0]).data.metrics["w0"] == 49.0
+    with pytest.raises(MlflowException) as err:
+        client.log_metric("f" * 32, "x", 1.0)
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    client.delete_run(runs[1])
+    with pytest.raises(MlflowException) as err:
+        client.log_metric(runs[1], "x", 1.0)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"

@@ -411,8 +411,8 @@ mod tracking;
 pub use mirror::run_artifact_uri;
 pub use models::{
     LoggedModel, LoggedModelQuery, MODEL_PENDING, MODEL_READY, MODEL_UPLOAD_FAILED, ModelAlias,
-    ModelOutput, ModelStore, ModelVersion, NewLoggedModel, NewModelVersion, RegisteredModel,
-    RegistryQuery, RunModelOutput, STAGES, canonical_stage, latest_per_stage,
+    ModelMetric, ModelOutput, ModelStore, ModelVersion, NewLoggedModel, NewModelVersion,
+    RegisteredModel, RegistryQuery, RunModelOutput, STAGES, canonical_stage, latest_per_stage,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 use crate::tracking::{Arg, Dialect, Sql, numeric_comparison, text_comparison};
-use crate::{Attribute, Clause, Comparator, Entity, KeyValue, Millis, OrderKey, Page, Result};
+use crate::{
+    Attribute, Clause, Comparator, Entity, KeyValue, Metric, Millis, OrderKey, Page, Result,
+};
 
 /// A logged model's status: `PENDING` until its artifacts are uploaded, then `READY` (or
 /// `UPLOAD_FAILED`).
@@ -35,6 +37,19 @@ pub struct LoggedModel {
     pub lifecycle_stage: String,
     pub tags: Vec<KeyValue>,
     pub params: Vec<KeyValue>,
+    /// Every point logged against the model, by run, key, step and timestamp.
+    pub metrics: Vec<ModelMetric>,
+}
+
+/// A metric point logged against a logged model by a run, optionally for a dataset (empty
+/// name and digest when none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetric {
+    pub model_id: String,
+    pub run_id: String,
+    pub metric: Metric,
+    pub dataset_name: String,
+    pub dataset_digest: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +164,9 @@ pub trait ModelStore: Send + Sync + 'static {
     /// [`StoreError::Invalid`].
     async fn log_logged_model_params(&self, id: &str, params: &[KeyValue]) -> Result<()>;
     async fn search_logged_models(&self, query: &LoggedModelQuery) -> Result<Page<LoggedModel>>;
+    /// Records points of active logged models, logged by an active run; a point logged again
+    /// is a no-op.
+    async fn log_logged_model_metrics(&self, metrics: &[ModelMetric]) -> Result<()>;
     /// Records models an active run produced; recording the same output again is a no-op.
     async fn log_model_outputs(&self, run_id: &str, outputs: &[ModelOutput]) -> Result<()>;
     /// The models the given runs produced, by run, model and step.
@@ -383,6 +401,7 @@ impl LoggedModelRow {
             lifecycle_stage: self.lifecycle_stage,
             tags: Vec::new(),
             params: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -469,12 +488,17 @@ macro_rules! models_impl {
             use $crate::common::DbContext;
             use $crate::models::{
                 LOGGED_MODEL_COLUMNS, LoggedModel, LoggedModelQuery, LoggedModelRow,
-                MODEL_PENDING, MODEL_VERSION_COLUMNS, ModelAlias, ModelOutput, ModelTable, ModelVersion,
+                MODEL_PENDING, MODEL_VERSION_COLUMNS, ModelAlias, ModelMetric, ModelOutput, ModelTable,
+                ModelVersion,
                 RunModelOutput,
                 ModelVersionRow, NewLoggedModel, NewModelVersion, REGISTERED_MODEL_COLUMNS,
                 RegisteredModel, RegisteredModelRow, RegistryQuery,
             };
-            use $crate::tracking::{Arg, Sql, bind_all};
+            use $crate::tracking::{
+                Arg, LOGGED_MODEL_TAGS, MODEL_VERSION_TAGS, REGISTERED_MODEL_TAGS, Sql, bind_all,
+            };
+
+            $crate::tracking::tag_writers!($conn);
             use $crate::{ACTIVE, DELETED, KeyValue, Millis, Page, Result, StoreError};
 
             async fn pairs_of(
@@ -496,6 +520,25 @@ macro_rules! models_impl {
                 let mut model = row.into_model();
                 model.tags = pairs_of(conn, "logged_model_tags", &model.model_id).await?;
                 model.params = pairs_of(conn, "logged_model_params", &model.model_id).await?;
+                let rows: Vec<(String, String, i64, i64, f64, i64, String, String)> = sqlx::query_as(
+                    "SELECT run_id, key, step, timestamp, value, is_nan, dataset_name, dataset_digest \
+                     FROM logged_model_metrics WHERE model_id = $1 \
+                     ORDER BY run_id, key, step, timestamp, value",
+                )
+                .bind(&model.model_id)
+                .fetch_all(&mut *conn)
+                .await
+                .ctx("reading a logged model's metrics")?;
+                model.metrics = rows
+                    .into_iter()
+                    .map(|(run_id, key, step, timestamp, value, is_nan, dataset_name, dataset_digest)| ModelMetric {
+                        model_id: model.model_id.clone(),
+                        run_id,
+                        metric: $crate::tracking::Metric { key, value: $crate::tracking::loaded_value(value, is_nan), timestamp, step },
+                        dataset_name,
+                        dataset_digest,
+                    })
+                    .collect();
                 Ok(model)
             }
 
@@ -509,6 +552,20 @@ macro_rules! models_impl {
                 .ctx("reading a logged model")
             }
 
+            /// Fails unless the tracking run exists and is not deleted.
+            async fn require_live_run(conn: &mut $conn, run_id: &str) -> Result<()> {
+                let stage: Option<String> = sqlx::query_scalar("SELECT lifecycle_stage FROM tracking_runs WHERE run_id = $1")
+                    .bind(run_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .ctx("reading a run")?;
+                match stage.as_deref() {
+                    Some(ACTIVE) => Ok(()),
+                    Some(_) => Err(StoreError::Invalid(format!("run `{run_id}` is deleted"))),
+                    None => Err(StoreError::NotFound(format!("run `{run_id}`"))),
+                }
+            }
+
             async fn require_logged(conn: &mut $conn, id: &str) -> Result<LoggedModelRow> {
                 match logged_row(conn, id).await? {
                     Some(row) if row.lifecycle_stage == ACTIVE => Ok(row),
@@ -516,28 +573,23 @@ macro_rules! models_impl {
                 }
             }
 
-            async fn upsert_logged_pairs(
-                conn: &mut $conn,
-                table: &str,
-                id: &str,
-                pairs: &[KeyValue],
-                immutable: bool,
-            ) -> Result<()> {
-                let update = if immutable { format!("value = {table}.value") } else { "value = excluded.value".to_owned() };
+            /// Logs a logged model's params; re-logging a param's value is fine, changing it is not.
+            async fn log_logged_params(conn: &mut $conn, id: &str, pairs: &[KeyValue]) -> Result<()> {
                 for pair in pairs {
                     if pair.key.is_empty() {
                         return Err(StoreError::Invalid("a key must not be empty".to_owned()));
                     }
-                    let stored: String = sqlx::query_scalar(AssertSqlSafe(format!(
-                        "INSERT INTO {table} (model_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (model_id, key) DO UPDATE SET {update} RETURNING value"
-                    )))
+                    let stored: String = sqlx::query_scalar(
+                        "INSERT INTO logged_model_params (model_id, key, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (model_id, key) DO UPDATE SET value = logged_model_params.value \
+                         RETURNING value",
+                    )
                     .bind(id)
                     .bind(&pair.key)
                     .bind(&pair.value)
                     .fetch_one(&mut *conn)
                     .await
-                    .ctx("writing a logged model's tags or params")?;
+                    .ctx("writing a logged model's params")?;
                     if stored != pair.value {
                         return Err(StoreError::Invalid(format!(
                             "changing param values is not allowed: param `{}` of logged model \
@@ -682,8 +734,8 @@ macro_rules! models_impl {
                     .execute(&mut *tx)
                     .await
                     .ctx("creating a logged model")?;
-                    upsert_logged_pairs(&mut tx, "logged_model_tags", &model.model_id, &model.tags, false).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_params", &model.model_id, &model.params, true).await?;
+                    set_tag_rows(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(model.model_id.clone())], &model.tags).await?;
+                    log_logged_params(&mut tx, &model.model_id, &model.params).await?;
                     let row = require_logged(&mut tx, &model.model_id).await?;
                     let created = load_logged(&mut tx, row).await?;
                     tx.commit().await.ctx("committing a logged model")?;
@@ -730,20 +782,14 @@ macro_rules! models_impl {
                 async fn set_logged_model_tags(&self, id: &str, tags: &[KeyValue]) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_tags", id, tags, false).await?;
+                    set_tag_rows(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(id.to_owned())], tags).await?;
                     tx.commit().await.ctx("committing logged model tags")
                 }
 
                 async fn delete_logged_model_tag(&self, id: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    let deleted = sqlx::query("DELETE FROM logged_model_tags WHERE model_id = $1 AND key = $2")
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a logged model tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &LOGGED_MODEL_TAGS, &[Arg::Text(id.to_owned())], key).await? {
                         return Err(StoreError::NotFound(format!("tag `{key}` of logged model `{id}`")));
                     }
                     tx.commit().await.ctx("committing a logged model tag deletion")
@@ -752,7 +798,7 @@ macro_rules! models_impl {
                 async fn log_logged_model_params(&self, id: &str, params: &[KeyValue]) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_logged(&mut tx, id).await?;
-                    upsert_logged_pairs(&mut tx, "logged_model_params", id, params, true).await?;
+                    log_logged_params(&mut tx, id, params).await?;
                     tx.commit().await.ctx("committing logged model params")
                 }
 
@@ -786,16 +832,7 @@ macro_rules! models_impl {
 
                 async fn log_model_outputs(&self, run_id: &str, outputs: &[ModelOutput]) -> Result<()> {
                     let mut tx = self.begin().await?;
-                    let stage: Option<String> = sqlx::query_scalar("SELECT lifecycle_stage FROM tracking_runs WHERE run_id = $1")
-                        .bind(run_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .ctx("reading a run")?;
-                    match stage.as_deref() {
-                        Some(ACTIVE) => {}
-                        Some(_) => return Err(StoreError::Invalid(format!("run `{run_id}` is deleted"))),
-                        None => return Err(StoreError::NotFound(format!("run `{run_id}`"))),
-                    }
+                    require_live_run(&mut tx, run_id).await?;
                     for output in outputs {
                         require_logged(&mut tx, &output.model_id).await?;
                         sqlx::query(
@@ -810,6 +847,39 @@ macro_rules! models_impl {
                         .ctx("logging a run output")?;
                     }
                     tx.commit().await.ctx("committing run outputs")
+                }
+
+                async fn log_logged_model_metrics(&self, metrics: &[ModelMetric]) -> Result<()> {
+                    let mut tx = self.begin().await?;
+                    let mut checked: std::collections::BTreeSet<(&str, &str)> = Default::default();
+                    for point in metrics {
+                        if point.metric.key.is_empty() {
+                            return Err(StoreError::Invalid("a key must not be empty".to_owned()));
+                        }
+                        if checked.insert((&point.run_id, &point.model_id)) {
+                            require_live_run(&mut tx, &point.run_id).await?;
+                            require_logged(&mut tx, &point.model_id).await?;
+                        }
+                        let (value, is_nan) = $crate::tracking::stored_value(point.metric.value);
+                        sqlx::query(
+                            "INSERT INTO logged_model_metrics (model_id, run_id, key, step, timestamp, value, \
+                             is_nan, dataset_name, dataset_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&point.model_id)
+                        .bind(&point.run_id)
+                        .bind(&point.metric.key)
+                        .bind(point.metric.step)
+                        .bind(point.metric.timestamp)
+                        .bind(value)
+                        .bind(is_nan)
+                        .bind(&point.dataset_name)
+                        .bind(&point.dataset_digest)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("logging a logged model's metric")?;
+                    }
+                    tx.commit().await.ctx("committing logged model metrics")
                 }
 
                 async fn run_model_outputs(&self, run_ids: &[String]) -> Result<Vec<RunModelOutput>> {
@@ -850,18 +920,7 @@ macro_rules! models_impl {
                         }
                         Err(err) => return Err($crate::common::db_error(err, "creating a registered model")),
                     }
-                    for tag in tags {
-                        sqlx::query(
-                            "INSERT INTO registered_model_tags (name, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(name)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("tagging a registered model")?;
-                    }
+                    set_tag_rows(&mut tx, &REGISTERED_MODEL_TAGS, &[Arg::Text(name.to_owned())], tags).await?;
                     let model = require_registered(&mut tx, name).await?;
                     tx.commit().await.ctx("committing a registered model")?;
                     Ok(model)
@@ -952,28 +1011,15 @@ macro_rules! models_impl {
                 async fn set_registered_model_tag(&self, name: &str, tag: &KeyValue) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_registered(&mut tx, name).await?;
-                    sqlx::query(
-                        "INSERT INTO registered_model_tags (name, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(name)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("tagging a registered model")?;
+                    let owner = [Arg::Text(name.to_owned())];
+                    set_tag_rows(&mut tx, &REGISTERED_MODEL_TAGS, &owner, std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing a registered model tag")
                 }
 
                 async fn delete_registered_model_tag(&self, name: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_registered(&mut tx, name).await?;
-                    sqlx::query("DELETE FROM registered_model_tags WHERE name = $1 AND key = $2")
-                        .bind(name)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a registered model tag")?;
+                    delete_tag_row(&mut tx, &REGISTERED_MODEL_TAGS, &[Arg::Text(name.to_owned())], key).await?;
                     tx.commit().await.ctx("committing a registered model tag deletion")
                 }
 
@@ -1001,19 +1047,8 @@ macro_rules! models_impl {
                     .execute(&mut *tx)
                     .await
                     .ctx("creating a model version")?;
-                    for tag in &new.tags {
-                        sqlx::query(
-                            "INSERT INTO model_version_tags (name, version, key, value) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(&new.name)
-                        .bind(version)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("tagging a model version")?;
-                    }
+                    let owner = [Arg::Text(new.name.clone()), Arg::Int(version)];
+                    set_tag_rows(&mut tx, &MODEL_VERSION_TAGS, &owner, &new.tags).await?;
                     touch(&mut tx, &new.name, new.at).await?;
                     let created = require_version(&mut tx, &new.name, version).await?;
                     tx.commit().await.ctx("committing a model version")?;
@@ -1107,30 +1142,16 @@ macro_rules! models_impl {
                 async fn set_model_version_tag(&self, name: &str, version: i64, tag: &KeyValue) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_version(&mut tx, name, version).await?;
-                    sqlx::query(
-                        "INSERT INTO model_version_tags (name, version, key, value) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(name)
-                    .bind(version)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("tagging a model version")?;
+                    let owner = [Arg::Text(name.to_owned()), Arg::Int(version)];
+                    set_tag_rows(&mut tx, &MODEL_VERSION_TAGS, &owner, std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing a model version tag")
                 }
 
                 async fn delete_model_version_tag(&self, name: &str, version: i64, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_version(&mut tx, name, version).await?;
-                    sqlx::query("DELETE FROM model_version_tags WHERE name = $1 AND version = $2 AND key = $3")
-                        .bind(name)
-                        .bind(version)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a model version tag")?;
+                    let owner = [Arg::Text(name.to_owned()), Arg::Int(version)];
+                    delete_tag_row(&mut tx, &MODEL_VERSION_TAGS, &owner, key).await?;
                     tx.commit().await.ctx("committing a model version tag deletion")
                 }
 

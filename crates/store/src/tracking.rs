@@ -709,6 +709,67 @@ pub(crate) fn loaded_value(value: f64, is_nan: i64) -> f64 {
     if is_nan != 0 { f64::NAN } else { value }
 }
 
+/// Rows per multi-row `INSERT` of metric points: 6 binds a row stays far below the bind limits
+/// of both SQLite (32,766) and PostgreSQL (65,535).
+pub(crate) const METRIC_ROWS_PER_INSERT: usize = 200;
+
+/// `INSERT INTO tracking_metrics ... VALUES (..6 placeholders..), (...) ON CONFLICT DO NOTHING`
+/// for `rows` points.
+///
+/// SQLite gets anonymous `?` placeholders: for a numbered `$n` the driver asks SQLite for each
+/// parameter's name, a linear search, which made binding 1,200 parameters cost more than the
+/// insert itself.
+pub(crate) fn insert_metrics_sql(rows: usize, dialect: Dialect) -> String {
+    let mut sql = String::from(
+        "INSERT INTO tracking_metrics (run_id, key, step, timestamp, value, is_nan) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        match dialect {
+            Dialect::Sqlite => sql.push_str("(?, ?, ?, ?, ?, ?)"),
+            Dialect::Postgres => {
+                let b = row * 6;
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+        }
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// The point of each key that a run's latest metric becomes after `metrics` are logged in order:
+/// the highest (step, timestamp, stored value), the first of equal ones. Keys keep the order of
+/// their first point.
+pub(crate) fn latest_points(metrics: &[Metric]) -> Vec<&Metric> {
+    let rank = |m: &Metric| (m.step, m.timestamp, stored_value(m.value).0);
+    let mut latest: Vec<&Metric> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for metric in metrics {
+        match index.get(metric.key.as_str()) {
+            Some(&i) => {
+                if rank(metric).partial_cmp(&rank(latest[i])) == Some(std::cmp::Ordering::Greater) {
+                    latest[i] = metric;
+                }
+            }
+            None => {
+                index.insert(&metric.key, latest.len());
+                latest.push(metric);
+            }
+        }
+    }
+    latest
+}
+
 /// Checks one batch before anything is written: no key is empty, and a param key does not
 /// appear twice with different values.
 pub(crate) fn check_batch(
@@ -925,6 +986,121 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// A table of key/value tags, and the columns that name the entity a tag belongs to.
+pub(crate) struct TagTable {
+    pub(crate) table: &'static str,
+    pub(crate) owner: &'static [&'static str],
+}
+
+pub(crate) const EXPERIMENT_TAGS: TagTable = TagTable {
+    table: "experiment_tags",
+    owner: &["experiment_id"],
+};
+pub(crate) const RUN_TAGS: TagTable = TagTable {
+    table: "tracking_tags",
+    owner: &["run_id"],
+};
+pub(crate) const REGISTERED_MODEL_TAGS: TagTable = TagTable {
+    table: "registered_model_tags",
+    owner: &["name"],
+};
+pub(crate) const MODEL_VERSION_TAGS: TagTable = TagTable {
+    table: "model_version_tags",
+    owner: &["name", "version"],
+};
+pub(crate) const LOGGED_MODEL_TAGS: TagTable = TagTable {
+    table: "logged_model_tags",
+    owner: &["model_id"],
+};
+
+impl TagTable {
+    /// Sets one tag (a new value replaces the old one); binds the owner's ids, then key, value.
+    pub(crate) fn upsert_sql(&self) -> String {
+        let owner = self.owner.join(", ");
+        let n = self.owner.len();
+        let ids: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {} ({owner}, key, value) VALUES ({}, ${}, ${}) \
+             ON CONFLICT ({owner}, key) DO UPDATE SET value = excluded.value",
+            self.table,
+            ids.join(", "),
+            n + 1,
+            n + 2
+        )
+    }
+
+    /// Deletes one tag; binds the owner's ids, then the key.
+    pub(crate) fn delete_sql(&self) -> String {
+        let mut conditions: Vec<String> = self
+            .owner
+            .iter()
+            .enumerate()
+            .map(|(i, column)| format!("{column} = ${}", i + 1))
+            .collect();
+        conditions.push(format!("key = ${}", self.owner.len() + 1));
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.table,
+            conditions.join(" AND ")
+        )
+    }
+}
+
+/// The tag writers over one backend's connection type, for [`TagTable`]s: every tag table of
+/// the tracking store and the model registry goes through these two functions.
+macro_rules! tag_writers {
+    ($conn:ty) => {
+        /// Sets `tags` on the entity that `owner` names in `table`.
+        async fn set_tag_rows(
+            conn: &mut $conn,
+            table: &$crate::tracking::TagTable,
+            owner: &[$crate::tracking::Arg],
+            tags: &[KeyValue],
+        ) -> Result<()> {
+            let sql = table.upsert_sql();
+            for tag in tags {
+                if tag.key.is_empty() {
+                    return Err(StoreError::Invalid(
+                        "a tag key must not be empty".to_owned(),
+                    ));
+                }
+                let query = $crate::tracking::bind_all!(
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str())),
+                    owner.iter().cloned()
+                );
+                query
+                    .bind(&tag.key)
+                    .bind(&tag.value)
+                    .execute(&mut *conn)
+                    .await
+                    .ctx(&format!("setting a tag in {}", table.table))?;
+            }
+            Ok(())
+        }
+
+        /// Deletes the tag `key` of the entity that `owner` names in `table`; false when there
+        /// was none.
+        async fn delete_tag_row(
+            conn: &mut $conn,
+            table: &$crate::tracking::TagTable,
+            owner: &[$crate::tracking::Arg],
+            key: &str,
+        ) -> Result<bool> {
+            let query = $crate::tracking::bind_all!(
+                sqlx::query(sqlx::AssertSqlSafe(table.delete_sql())),
+                owner.iter().cloned()
+            );
+            let deleted = query
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .ctx(&format!("deleting a tag in {}", table.table))?;
+            Ok(deleted.rows_affected() > 0)
+        }
+    };
+}
+pub(crate) use tag_writers;
+
 /// Expands the one [`TrackingStore`] implementation for a backend, like `store_impl!` does
 /// for [`Store`](crate::Store).
 macro_rules! tracking_impl {
@@ -940,6 +1116,9 @@ macro_rules! tracking_impl {
                 DELETED, EXPERIMENT_COLUMNS, RUN_INFO_COLUMNS,
             };
             use $crate::{Millis, Result, StoreError};
+            use $crate::tracking::{EXPERIMENT_TAGS, RUN_TAGS};
+
+            $crate::tracking::tag_writers!($conn);
 
             /// `(owner, key, value)` rows of a key-value table for the given owners.
             async fn owned_pairs(
@@ -1063,17 +1242,8 @@ macro_rules! tracking_impl {
             }
 
             async fn upsert_tags(conn: &mut $conn, run_id: &str, tags: &[KeyValue]) -> Result<()> {
+                set_tag_rows(conn, &RUN_TAGS, &[Arg::Text(run_id.to_owned())], tags).await?;
                 for tag in tags {
-                    sqlx::query(
-                        "INSERT INTO tracking_tags (run_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(run_id)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *conn)
-                    .await
-                    .ctx("setting a run tag")?;
                     if tag.key == "mlflow.runName" {
                         sqlx::query("UPDATE tracking_runs SET name = $1 WHERE run_id = $2")
                             .bind(&tag.value)
@@ -1117,18 +1287,7 @@ macro_rules! tracking_impl {
                         }
                         Err(err) => return Err($crate::common::db_error(err, "creating an experiment")),
                     };
-                    for tag in tags {
-                        sqlx::query(
-                            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(id)
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("setting an experiment tag")?;
-                    }
+                    set_tag_rows(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], tags).await?;
                     let experiment = require_experiment(&mut tx, id).await?;
                     tx.commit().await.ctx("committing a new experiment")?;
                     Ok(experiment)
@@ -1224,29 +1383,14 @@ macro_rules! tracking_impl {
                             "the experiment `{id}` must be in the 'active' state"
                         )));
                     }
-                    sqlx::query(
-                        "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(id)
-                    .bind(&tag.key)
-                    .bind(&tag.value)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("setting an experiment tag")?;
+                    set_tag_rows(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], std::slice::from_ref(tag)).await?;
                     tx.commit().await.ctx("committing an experiment tag")
                 }
 
                 async fn delete_experiment_tag(&self, id: i64, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_experiment(&mut tx, id).await?;
-                    let deleted = sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2")
-                        .bind(id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting an experiment tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &EXPERIMENT_TAGS, &[Arg::Int(id)], key).await? {
                         return Err(StoreError::NotFound(format!(
                             "tag `{key}` of experiment `{id}`"
                         )));
@@ -1406,21 +1550,26 @@ macro_rules! tracking_impl {
                             )));
                         }
                     }
-                    for metric in metrics {
+                    // Points go in a few multi-row statements; the latest value of each key
+                    // is then updated once, from the batch's own latest point of that key.
+                    for chunk in metrics.chunks($crate::tracking::METRIC_ROWS_PER_INSERT) {
+                        // Built only from placeholders: every value is bound.
+                        let sql = $crate::tracking::insert_metrics_sql(chunk.len(), $dialect);
+                        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for metric in chunk {
+                            let (value, is_nan) = $crate::tracking::stored_value(metric.value);
+                            insert = insert
+                                .bind(run_id)
+                                .bind(&metric.key)
+                                .bind(metric.step)
+                                .bind(metric.timestamp)
+                                .bind(value)
+                                .bind(is_nan);
+                        }
+                        insert.execute(&mut *tx).await.ctx("logging metrics")?;
+                    }
+                    for metric in $crate::tracking::latest_points(metrics) {
                         let (value, is_nan) = $crate::tracking::stored_value(metric.value);
-                        sqlx::query(
-                            "INSERT INTO tracking_metrics (run_id, key, step, timestamp, value, is_nan) \
-                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(run_id)
-                        .bind(&metric.key)
-                        .bind(metric.step)
-                        .bind(metric.timestamp)
-                        .bind(value)
-                        .bind(is_nan)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("logging a metric")?;
                         sqlx::query(
                             "INSERT INTO tracking_latest_metrics (run_id, key, step, timestamp, value, is_nan) \
                              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1450,13 +1599,7 @@ macro_rules! tracking_impl {
                 async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_active_run(&mut tx, run_id).await?;
-                    let deleted = sqlx::query("DELETE FROM tracking_tags WHERE run_id = $1 AND key = $2")
-                        .bind(run_id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("deleting a run tag")?;
-                    if deleted.rows_affected() == 0 {
+                    if !delete_tag_row(&mut tx, &RUN_TAGS, &[Arg::Text(run_id.to_owned())], key).await? {
                         return Err(StoreError::NotFound(format!("tag `{key}` of run `{run_id}`")));
                     }
                     tx.commit().await.ctx("committing a run tag deletion")
@@ -1575,6 +1718,44 @@ pub(crate) use tracking_impl;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_points_take_the_highest_step_then_timestamp_then_value() {
+        let m = |key: &str, step, timestamp, value| Metric {
+            key: key.to_owned(),
+            value,
+            timestamp,
+            step,
+        };
+        let batch = [
+            m("a", 1, 10, 5.0),
+            m("b", 0, 10, 1.0),
+            m("a", 2, 5, 1.0),
+            m("a", 2, 5, 0.5),
+            m("b", 0, 11, 0.0),
+            m("a", 2, 5, 1.0),
+            m("c", 3, 1, f64::NAN),
+            m("c", 3, 1, -1.0),
+        ];
+        let latest: Vec<(String, i64, i64, f64)> = latest_points(&batch)
+            .into_iter()
+            .map(|p| (p.key.clone(), p.step, p.timestamp, p.value))
+            .collect();
+        assert_eq!(latest[0], ("a".to_owned(), 2, 5, 1.0));
+        assert_eq!(latest[1], ("b".to_owned(), 0, 11, 0.0));
+        // NaN is stored as 0, which ranks above -1.
+        assert_eq!((latest[2].1, latest[2].3.is_nan()), (3, true));
+        assert_eq!(
+            insert_metrics_sql(2, Dialect::Postgres)
+                .matches('$')
+                .count(),
+            12
+        );
+        assert_eq!(
+            insert_metrics_sql(2, Dialect::Sqlite).matches('?').count(),
+            12
+        );
+    }
 
     #[test]
     fn like_patterns_become_case_sensitive_globs() {

@@ -13,10 +13,11 @@ mod error;
 pub mod filter;
 mod models;
 mod wire;
+mod writer;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -51,7 +52,27 @@ pub struct Tracking {
     pub files: TrackingFiles,
 }
 
-/// The tracking routes; merge them into a server's router.
+/// The handlers' state: what the server passes in, and the metric writer in front of its store.
+#[derive(Clone)]
+struct Shared {
+    tracking: Tracking,
+    metrics: writer::MetricWriter,
+}
+
+impl FromRef<Shared> for Tracking {
+    fn from_ref(shared: &Shared) -> Tracking {
+        shared.tracking.clone()
+    }
+}
+
+impl FromRef<Shared> for writer::MetricWriter {
+    fn from_ref(shared: &Shared) -> writer::MetricWriter {
+        shared.metrics.clone()
+    }
+}
+
+/// The tracking routes; merge them into a server's router. Starts the task that groups the
+/// writes of single metric points (see `writer.rs`), so call it inside a Tokio runtime.
 pub fn router(tracking: Tracking) -> Router {
     let api = Router::new()
         .route("/experiments/create", post(create_experiment))
@@ -102,7 +123,10 @@ pub fn router(tracking: Tracking) -> Router {
         .nest("/api/2.0/mlflow-artifacts", artifacts.clone())
         .nest("/ajax-api/2.0/mlflow-artifacts", artifacts)
         .route("/api/3.0/mlflow/server-info", get(server_info))
-        .with_state(tracking)
+        .with_state(Shared {
+            metrics: writer::MetricWriter::start(tracking.store.clone()),
+            tracking,
+        })
 }
 
 type St = State<Tracking>;
@@ -374,7 +398,7 @@ async fn search_runs(State(t): St, req: Req) -> Reply {
     ok(body)
 }
 
-async fn log_metric(State(t): St, req: Req) -> Reply {
+async fn log_metric(State(t): St, State(writer): State<writer::MetricWriter>, req: Req) -> Reply {
     let metric = Metric {
         key: req.str("key")?,
         value: req.f64("value")?,
@@ -383,9 +407,14 @@ async fn log_metric(State(t): St, req: Req) -> Reply {
             .ok_or_else(|| ApiError::missing("timestamp"))?,
         step: req.opt_i64("step")?.unwrap_or(0),
     };
-    t.store
-        .log_batch(&run_id(&req)?, &[metric], &[], &[])
-        .await?;
+    if metric.key.is_empty() {
+        return Err(ApiError::invalid("a key must not be empty"));
+    }
+    let run_id = run_id(&req)?;
+    if let Some(point) = wire::model_metric(req.fields(), &run_id, &metric) {
+        t.store.log_logged_model_metrics(&[point]).await?;
+    }
+    writer.log(run_id, metric).await?;
     ok(json!({}))
 }
 
@@ -411,8 +440,9 @@ async fn delete_tag(State(t): St, req: Req) -> Reply {
 }
 
 async fn log_batch(State(t): St, req: Req) -> Reply {
-    let metrics = req
-        .list("metrics")?
+    let run_id = run_id(&req)?;
+    let items = req.list("metrics")?;
+    let metrics = items
         .iter()
         .map(wire::metric)
         .collect::<ApiResult<Vec<_>>>()?;
@@ -436,9 +466,19 @@ async fn log_batch(State(t): St, req: Req) -> Reply {
             tags.len()
         )));
     }
-    t.store
-        .log_batch(&run_id(&req)?, &metrics, &params, &tags)
-        .await?;
+    // Points logged against a logged model are points of the run as well.
+    let model_points: Vec<_> = items
+        .iter()
+        .zip(&metrics)
+        .filter_map(|(item, metric)| {
+            item.as_object()
+                .and_then(|fields| wire::model_metric(fields, &run_id, metric))
+        })
+        .collect();
+    if !model_points.is_empty() {
+        t.store.log_logged_model_metrics(&model_points).await?;
+    }
+    t.store.log_batch(&run_id, &metrics, &params, &tags).await?;
     ok(json!({}))
 }
 

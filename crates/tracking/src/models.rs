@@ -22,7 +22,7 @@ const DEFAULT_MODEL_VERSIONS_PAGE: u32 = 10_000;
 type St = State<Tracking>;
 
 /// The logged-model and registry routes, relative to `/api/2.0/mlflow`.
-pub fn routes() -> Router<Tracking> {
+pub fn routes() -> Router<crate::Shared> {
     Router::new()
         .route("/logged-models", post(create_logged_model))
         .route("/logged-models/search", post(search_logged_models))
@@ -119,7 +119,21 @@ pub fn logged_model(model: &LoggedModel) -> Value {
     if let Some(run) = &model.source_run_id {
         info["source_run_id"] = json!(run);
     }
-    json!({"info": info, "data": {"params": pairs(&model.params), "metrics": []}})
+    let metrics: Vec<Value> = model
+        .metrics
+        .iter()
+        .map(|point| {
+            let mut metric = wire::metric_json(&point.metric);
+            metric["run_id"] = json!(point.run_id);
+            metric["model_id"] = json!(point.model_id);
+            if !point.dataset_name.is_empty() {
+                metric["dataset_name"] = json!(point.dataset_name);
+                metric["dataset_digest"] = json!(point.dataset_digest);
+            }
+            metric
+        })
+        .collect();
+    json!({"info": info, "data": {"params": pairs(&model.params), "metrics": metrics}})
 }
 
 pub fn model_version(version: &ModelVersion) -> Value {

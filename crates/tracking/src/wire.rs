@@ -8,7 +8,8 @@
 use axum::extract::{FromRequest, Request};
 use axum::http::Method;
 use capstan_store::{
-    Dataset, DatasetInput, Experiment, KeyValue, Metric, RunInfo, TrackingRun, ViewType,
+    Dataset, DatasetInput, Experiment, KeyValue, Metric, ModelMetric, RunInfo, TrackingRun,
+    ViewType,
 };
 use serde_json::{Map, Value, json};
 
@@ -191,6 +192,31 @@ fn key_value(value: &Value) -> ApiResult<KeyValue> {
         .ok_or_else(|| ApiError::missing("key"))?;
     let value = field(value, "value").and_then(text_of).unwrap_or_default();
     Ok(KeyValue { key, value })
+}
+
+/// The logged model a metric object (or a `log-metric` request) names with `model_id`, as a
+/// point of that model: `None` when it names none.
+pub fn model_metric(
+    fields: &Map<String, Value>,
+    run_id: &str,
+    metric: &Metric,
+) -> Option<ModelMetric> {
+    let text = |name: &str| fields.get(name).and_then(text_of).unwrap_or_default();
+    let model_id = text("model_id");
+    (!model_id.is_empty()).then(|| ModelMetric {
+        model_id,
+        run_id: run_id.to_owned(),
+        metric: metric.clone(),
+        dataset_name: text("dataset_name"),
+        dataset_digest: text("dataset_digest"),
+    })
+}
+
+impl Req {
+    /// The request's fields, as one JSON object.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.0
+    }
 }
 
 pub fn metric(value: &Value) -> ApiResult<Metric> {
