@@ -97,6 +97,32 @@ pub(crate) fn copy_out(src: &Path, dst: &Path) -> Result<(), ArtifactError> {
     result
 }
 
+/// Mirrors a stored tree at `dst` with hard links to its files (copies where a link cannot be
+/// made, across filesystems). A file already at `dst` is replaced; the blob is never written.
+pub(crate) fn link_tree(src: &Path, dst: &Path) -> Result<(), ArtifactError> {
+    let meta = std::fs::metadata(src).map_err(|e| ArtifactError::io("read", src, e))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst).map_err(|e| ArtifactError::io("create", dst, e))?;
+        let entries = std::fs::read_dir(src).map_err(|e| ArtifactError::io("read", src, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ArtifactError::io("read", src, e))?;
+            link_tree(&entry.path(), &dst.join(entry.file_name()))?;
+        }
+        return Ok(());
+    }
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ArtifactError::io("create", parent, e))?;
+    }
+    let tmp = sibling_temp(dst);
+    let linked = std::fs::hard_link(src, &tmp).or_else(|_| copy_file(src, &tmp, dst));
+    let result = linked
+        .and_then(|()| std::fs::rename(&tmp, dst).map_err(|e| ArtifactError::io("write", dst, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// A temporary path next to `path`, so that a rename onto `path` stays on one filesystem.
 pub(crate) fn sibling_temp(path: &Path) -> PathBuf {
     let stem = path

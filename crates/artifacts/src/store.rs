@@ -175,6 +175,62 @@ impl ArtifactStore {
         }
     }
 
+    /// Makes the stored artifact at `uri` visible as the tracking file (or directory) `dest`,
+    /// a path under `tracking/` such as `<experiment>/<run>/artifacts/<name>`, so the artifact
+    /// proxy serves it. Blobs are immutable, so nothing is copied where the store can avoid
+    /// it: on local disk each file is hard-linked (copied only across filesystems); in an
+    /// object store each object is copied server-side. Publishing again replaces the files.
+    pub async fn publish(&self, uri: &str, dest: &str) -> Result<(), ArtifactError> {
+        let hex = self.blob_hex(uri)?;
+        for segment in dest.split('/') {
+            crate::paths::check_segment(segment).map_err(|reason| ArtifactError::UnsafePath {
+                path: dest.to_string(),
+                reason,
+            })?;
+        }
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let blob = root.join("blobs").join(&hex);
+                if !blob.exists() {
+                    return Err(ArtifactError::NotFound {
+                        uri: uri.to_string(),
+                    });
+                }
+                let target = root.join("tracking").join(dest);
+                blocking(move || fsio::link_tree(&blob, &target)).await
+            }
+            Backend::Remote { store, prefix } => {
+                let blob = child_path(prefix, &format!("blobs/{hex}"));
+                let target = child_path(prefix, &format!("tracking/{dest}"));
+                let copy = |from: ObjPath, to: ObjPath| async move {
+                    store
+                        .copy(&from, &to)
+                        .await
+                        .map_err(|e| ArtifactError::store(from.to_string(), e))
+                };
+                match remote_kind(store, prefix, &hex).await? {
+                    None => Err(ArtifactError::NotFound {
+                        uri: uri.to_string(),
+                    }),
+                    Some(EntryKind::File) => copy(blob, target).await,
+                    Some(EntryKind::Dir) => {
+                        let manifest = read_manifest(store, prefix, uri, &hex).await?;
+                        for entry in &manifest.entries {
+                            if entry.kind == EntryKind::File {
+                                copy(
+                                    child_path(&blob, &entry.path),
+                                    child_path(&target, &entry.path),
+                                )
+                                .await?;
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
     /// Where remote blobs are materialised for steps.
     pub fn cache_dir(&self) -> &Path {
         &self.inner.cache_dir

@@ -11,8 +11,10 @@ pub mod lineage;
 mod ops;
 mod run;
 mod task;
+mod tracking;
 pub mod workspace;
 
 pub use ops::{CancelResult, cancel_run, owner_alive, read_logs};
 pub use run::{Engine, NullObserver, Observer, RunOptions, pipeline_digest};
+pub use tracking::TRACKING_URI_ENV;
 pub use workspace::{Workspace, WorkspaceConfig};

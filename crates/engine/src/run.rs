@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::{kill_leftover_processes, owner_alive, owner_id};
-use crate::task::{self, Attempt, AttemptResult};
+use crate::task::{self, Attempt, AttemptResult, StepTracking};
+use crate::tracking::Endpoint;
 use crate::workspace::Workspace;
 
 /// How a run is carried out. Stored with the run so that `capstan resume` continues it the same
@@ -44,6 +45,8 @@ pub struct Engine {
     pub(crate) ws: Workspace,
     executors: HashMap<String, Arc<dyn Executor>>,
     pub(crate) observer: Arc<dyn Observer>,
+    /// The tracking server steps log to; `None` serves one in process while a run is driven.
+    tracking_uri: Option<String>,
 }
 
 /// What a spawned attempt sends back to the loop.
@@ -111,7 +114,16 @@ impl Engine {
             ws,
             executors,
             observer,
+            tracking_uri: std::env::var(crate::tracking::TRACKING_URI_ENV)
+                .ok()
+                .filter(|uri| !uri.is_empty()),
         }
+    }
+
+    /// Points the steps at this tracking server (one that reaches the same store) instead of
+    /// the one the engine serves in process on loopback.
+    pub fn set_tracking_uri(&mut self, uri: Option<String>) {
+        self.tracking_uri = uri;
     }
 
     pub fn register_executor(&mut self, name: &str, executor: Arc<dyn Executor>) {
@@ -265,7 +277,15 @@ impl Engine {
         let pipeline = Arc::new(pipeline);
         let parallelism = options.parallelism.max(1);
         let machine = Machine::restore(pipeline.clone(), params, run_id, parallelism, history);
-        let result = self.run_loop(run_id, machine, &options, &mut cancel).await;
+        let endpoint = Endpoint::start(&self.ws, self.tracking_uri.as_deref()).await?;
+        let tracking = StepTracking {
+            uri: endpoint.uri.clone(),
+            experiment_id: run.experiment_id,
+        };
+        let result = self
+            .run_loop(run_id, machine, &options, &tracking, &mut cancel)
+            .await;
+        drop(endpoint);
         let _ = store.set_run_owner(run_id, None).await;
         result
     }
@@ -275,6 +295,7 @@ impl Engine {
         run_id: &str,
         mut machine: Machine,
         options: &RunOptions,
+        tracking: &StepTracking,
         cancel: &mut watch::Receiver<u32>,
     ) -> Result<RunStatus> {
         let store = &self.ws.store;
@@ -292,7 +313,7 @@ impl Engine {
                         let token = CancellationToken::new();
                         tokens.insert(task, token.clone());
                         let prepared =
-                            self.prepare(&machine, task, attempt, options, run_id, token);
+                            self.prepare(&machine, task, attempt, options, run_id, tracking, token);
                         let tx = tx.clone();
                         let ctx = self.task_env();
                         match prepared {
@@ -434,6 +455,7 @@ impl Engine {
     }
 
     /// Everything an attempt needs from the machine, resolved now so the attempt runs on its own.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
         machine: &Machine,
@@ -441,6 +463,7 @@ impl Engine {
         attempt: u32,
         options: &RunOptions,
         run_id: &str,
+        tracking: &StepTracking,
         cancel: CancellationToken,
     ) -> Result<Attempt> {
         let view = machine.task(task);
@@ -483,6 +506,7 @@ impl Engine {
             executor,
             base_dir: options.base_dir.clone(),
             cancel,
+            tracking: tracking.clone(),
         })
     }
 

@@ -35,6 +35,21 @@ pub(crate) struct Attempt {
     pub cache: bool,
     pub base_dir: PathBuf,
     pub cancel: CancellationToken,
+    pub tracking: StepTracking,
+}
+
+/// Where a run's steps log experiment data: the tracking server and the run's experiment.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StepTracking {
+    pub uri: Arc<str>,
+    pub experiment_id: i64,
+}
+
+impl StepTracking {
+    /// The proxy path of an output artifact of the attempt recorded by tracking run `run`.
+    fn artifact_path(&self, run: &str, output: &str) -> String {
+        format!("{}/{run}/artifacts/{output}", self.experiment_id)
+    }
 }
 
 pub(crate) enum AttemptResult {
@@ -339,6 +354,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
             status: TaskStatus::Cached,
             exit_code: None,
             message: Some(format!("cached from run {} task {}", hit.run_id, hit.name)),
+            input_parameters: input_parameters.clone(),
             output_parameters: hit.outputs.parameters.clone(),
             new_artifacts: vec![],
             reused_artifacts: hit.outputs.artifacts.clone(),
@@ -346,7 +362,19 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
             cache_key: Some(key),
             ended_at: now_millis(),
         };
-        ws.store.task_finished(&a.run_id, finish).await?;
+        let record = ws.store.task_finished(&a.run_id, finish).await?;
+        // The cached task's run shows the outputs it reuses. Published after the record, since
+        // the task's id is known only then; publishing is idempotent, so a crash in between
+        // only leaves the listing short.
+        for (name, artifact) in &hit.outputs.artifacts {
+            let path = a.tracking.artifact_path(
+                &capstan_store::attempt_run_id(&record.id, record.attempts),
+                name,
+            );
+            if let Err(e) = ws.artifacts.publish(&artifact.uri, &path).await {
+                tracing::warn!(task = %a.name, output = %name, error = %e, "cannot publish a cached output to its tracking run");
+            }
+        }
         let _ = std::fs::remove_dir_all(&work);
         return Ok(AttemptResult::Succeeded {
             outputs: plan_outputs(&hit.outputs),
@@ -355,7 +383,8 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     }
 
     let (log_path, log_uri) = ws.artifacts.log_path(&a.run_id, &a.name, a.attempt)?;
-    ws.store
+    let task_id = ws
+        .store
         .task_started(
             &a.run_id,
             TaskStart {
@@ -376,6 +405,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     env.observer
         .task_changed(&a.name, TaskStatus::Running, None);
 
+    let tracking_run = capstan_store::attempt_run_id(&task_id, a.attempt);
     let workdir = match &concrete.workdir {
         Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
         Some(w) => a.base_dir.join(w),
@@ -391,6 +421,15 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         ("CAPSTAN_RUN_ID".to_string(), a.run_id.clone()),
         ("CAPSTAN_TASK".to_string(), a.name.clone()),
         ("CAPSTAN_ATTEMPT".to_string(), a.attempt.to_string()),
+        (
+            "MLFLOW_TRACKING_URI".to_string(),
+            a.tracking.uri.to_string(),
+        ),
+        ("MLFLOW_RUN_ID".to_string(), tracking_run.clone()),
+        (
+            "MLFLOW_EXPERIMENT_ID".to_string(),
+            a.tracking.experiment_id.to_string(),
+        ),
     ]);
     let spec = TaskSpec {
         run_id: a.run_id.clone(),
@@ -494,6 +533,13 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
                 )));
             }
         };
+        // Visible through the artifact proxy on the attempt's run before the record says so.
+        let published = a.tracking.artifact_path(&tracking_run, name);
+        if let Err(e) = ws.artifacts.publish(&stored.uri, &published).await {
+            return Ok(failed(format!(
+                "cannot publish output artifact `{name}` to its tracking run: {e}"
+            )));
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         outputs.artifacts.insert(
             name.clone(),
@@ -525,6 +571,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         status: TaskStatus::Succeeded,
         exit_code: Some(0),
         message: None,
+        input_parameters: BTreeMap::new(),
         output_parameters,
         new_artifacts,
         reused_artifacts: BTreeMap::new(),

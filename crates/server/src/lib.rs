@@ -119,6 +119,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
+    serve_listener(listener, state, shutdown).await
+}
+
+/// Serves `app` on a listener the caller bound (the engine binds `127.0.0.1:0` for the steps of
+/// a run) until `shutdown` completes.
+pub async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

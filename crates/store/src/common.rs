@@ -332,6 +332,9 @@ impl ContextRow {
 pub(crate) struct RunContexts {
     pub(crate) pipeline_context_id: String,
     pub(crate) run_context_id: String,
+    /// Where the run's tracking runs live.
+    pub(crate) experiment_id: i64,
+    pub(crate) artifact_location: Option<String>,
 }
 
 /// Expands the one [`Store`](crate::Store) implementation for a backend.
@@ -379,13 +382,73 @@ macro_rules! store_impl {
 
         async fn run_contexts_of(conn: &mut $conn, run_id: &str) -> Result<RunContexts> {
             let row: Option<RunContexts> = sqlx::query_as(
-                "SELECT pipeline_context_id, run_context_id FROM runs WHERE id = $1",
+                "SELECT r.pipeline_context_id, r.run_context_id, r.experiment_id, e.artifact_location \
+                 FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
             )
             .bind(run_id)
             .fetch_optional(&mut *conn)
             .await
             .ctx("reading a run")?;
             row.ok_or_else(|| StoreError::NotFound(format!("run `{run_id}`")))
+        }
+
+        /// Writes tags (`overwrite`) or params (first value wins) of a tracking run, a few
+        /// statements in all rather than one per pair.
+        async fn mirror_pairs(
+            conn: &mut $conn,
+            table: &str,
+            run_id: &str,
+            pairs: &$crate::mirror::Pairs,
+            overwrite: bool,
+        ) -> Result<()> {
+            let pairs: Vec<(&String, &String)> = pairs.iter().collect();
+            for chunk in pairs.chunks($crate::mirror::PAIRS_PER_STATEMENT) {
+                let sql = $crate::mirror::pairs_sql(table, chunk.len(), overwrite);
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id);
+                for (key, value) in chunk {
+                    query = query.bind(*key).bind(*value);
+                }
+                query.execute(&mut *conn).await.ctx("recording the tracking view of a run")?;
+            }
+            Ok(())
+        }
+
+        /// Creates or updates the tracking run that mirrors a pipeline run or a task attempt.
+        /// An existing run keeps its name, start and artifact root; status and end change.
+        #[allow(clippy::too_many_arguments)]
+        async fn mirror_run(
+            conn: &mut $conn,
+            contexts: &RunContexts,
+            run_id: &str,
+            name: &str,
+            status: &str,
+            start_time: Millis,
+            end_time: Option<Millis>,
+            tags: &$crate::mirror::Pairs,
+            params: &$crate::mirror::Pairs,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
+                 end_time, lifecycle_stage, artifact_uri) \
+                 VALUES ($1, $2, $3, '', $4, $5, $6, 'active', $7) \
+                 ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, end_time = excluded.end_time",
+            )
+            .bind(run_id)
+            .bind(contexts.experiment_id)
+            .bind(name)
+            .bind(status)
+            .bind(start_time)
+            .bind(end_time)
+            .bind($crate::mirror::run_artifact_uri(
+                contexts.artifact_location.as_deref(),
+                contexts.experiment_id,
+                run_id,
+            ))
+            .execute(&mut *conn)
+            .await
+            .ctx("recording the tracking run")?;
+            mirror_pairs(conn, "tracking_tags", run_id, tags, true).await?;
+            mirror_pairs(conn, "tracking_params", run_id, params, false).await
         }
 
         async fn upsert_context(conn: &mut $conn, kind: &str, name: &str, at: Millis) -> Result<String> {
@@ -486,11 +549,12 @@ macro_rules! store_impl {
                 .execute(&mut *tx)
                 .await
                 .ctx("recording the experiment")?;
-                let experiment_id: i64 = sqlx::query_scalar("SELECT id FROM experiments WHERE name = $1")
-                    .bind(&run.pipeline_name)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .ctx("reading the experiment")?;
+                let (experiment_id, artifact_location): (i64, Option<String>) =
+                    sqlx::query_as("SELECT id, artifact_location FROM experiments WHERE name = $1")
+                        .bind(&run.pipeline_name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .ctx("reading the experiment")?;
                 let pipeline_context_id =
                     upsert_context(&mut tx, "pipeline", &run.pipeline_name, run.created_at).await?;
                 let run_context_id = upsert_context(&mut tx, "run", &run.id, run.created_at).await?;
@@ -516,6 +580,25 @@ macro_rules! store_impl {
                     }
                     return Err($crate::common::db_error(err, "recording the run"));
                 }
+                let (tags, params) = $crate::mirror::pipeline_run_pairs(&run);
+                let contexts = RunContexts {
+                    pipeline_context_id,
+                    run_context_id,
+                    experiment_id,
+                    artifact_location,
+                };
+                mirror_run(
+                    &mut tx,
+                    &contexts,
+                    &run.id,
+                    &$crate::mirror::pipeline_run_name(&run),
+                    $crate::mirror::run_status(RunStatus::Pending),
+                    run.created_at,
+                    None,
+                    &tags,
+                    &params,
+                )
+                .await?;
                 let record = load_run(&mut tx, &run.id)
                     .await?
                     .ok_or_else(|| StoreError::Backend(format!("run `{}` vanished while being created", run.id)))?;
@@ -594,6 +677,7 @@ macro_rules! store_impl {
                 at: Millis,
             ) -> Result<()> {
                 let ended_at = status.is_terminal().then_some(at);
+                let mut tx = self.begin().await?;
                 let result = sqlx::query(
                     "UPDATE runs SET status = $2, message = $3, \
                      started_at = CASE WHEN started_at IS NULL AND $2 = 'running' THEN $4 ELSE started_at END, \
@@ -604,13 +688,20 @@ macro_rules! store_impl {
                 .bind(message)
                 .bind(at)
                 .bind(ended_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .ctx("updating the run status")?;
                 if result.rows_affected() == 0 {
                     return Err(StoreError::NotFound(format!("run `{id}`")));
                 }
-                Ok(())
+                sqlx::query("UPDATE tracking_runs SET status = $2, end_time = $3 WHERE run_id = $1")
+                    .bind(id)
+                    .bind($crate::mirror::run_status(status))
+                    .bind(ended_at)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("updating the tracking run status")?;
+                tx.commit().await.ctx("committing the run status")
             }
 
             async fn set_run_owner(&self, id: &str, owner: Option<&str>) -> Result<()> {
@@ -706,25 +797,57 @@ macro_rules! store_impl {
                     .ctx("recording an input event")?;
                 }
                 associate(&mut tx, &contexts, &task_id).await?;
+                let identity = $crate::mirror::TaskIdentity {
+                    run_id,
+                    task_id: &task_id,
+                    name: &start.name,
+                    step: &start.step,
+                    iteration: start.iteration,
+                    attempt: start.attempt,
+                    status: TaskStatus::Running,
+                };
+                let mut tags = $crate::mirror::task_tags(&identity);
+                tags.insert("capstan.executor".into(), start.executor.clone());
+                mirror_run(
+                    &mut tx,
+                    &contexts,
+                    &$crate::attempt_run_id(&task_id, start.attempt),
+                    &start.name,
+                    $crate::mirror::task_status(TaskStatus::Running),
+                    start.started_at,
+                    None,
+                    &tags,
+                    &$crate::mirror::input_params(&start.input_parameters),
+                )
+                .await?;
                 tx.commit().await.ctx("committing the task start")?;
                 Ok(task_id)
             }
 
             async fn task_pending(&self, run_id: &str, name: &str, message: Option<&str>) -> Result<()> {
-                let result = sqlx::query(
+                let mut tx = self.begin().await?;
+                let task: Option<(String, i64)> = sqlx::query_as(
                     "UPDATE tasks SET status = 'pending', message = $3, ended_at = NULL, finish_seq = NULL \
-                     WHERE run_id = $1 AND name = $2",
+                     WHERE run_id = $1 AND name = $2 RETURNING id, attempts",
                 )
                 .bind(run_id)
                 .bind(name)
                 .bind(message)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .ctx("recording a pending task")?;
-                if result.rows_affected() == 0 {
+                let Some((task_id, attempts)) = task else {
                     return Err(StoreError::NotFound(format!("task `{name}` of run `{run_id}`")));
-                }
-                Ok(())
+                };
+                // The attempt that ran is over: it failed, or its orchestrator died under it.
+                let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
+                sqlx::query("UPDATE tracking_runs SET status = 'FAILED', end_time = $2 WHERE run_id = $1")
+                    .bind($crate::attempt_run_id(&task_id, attempt))
+                    .bind($crate::now_millis())
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("ending the tracking run of an attempt")?;
+                tx.commit().await.ctx("committing a pending task")
             }
 
             async fn task_finished(&self, run_id: &str, finish: TaskFinish) -> Result<TaskRecord> {
@@ -752,34 +875,44 @@ macro_rules! store_impl {
                 let mut tx = self.begin().await?;
                 // Bumping the run's counter takes the run row's write lock, so concurrent finishes
                 // in one run get distinct, gapless sequence numbers.
-                let counter: Option<(i64, String, String)> = sqlx::query_as(
+                let counter: Option<(i64, String, String, i64, Option<String>)> = sqlx::query_as(
                     "UPDATE runs SET last_finish_seq = last_finish_seq + $2 WHERE id = $1 \
-                     RETURNING last_finish_seq, pipeline_context_id, run_context_id",
+                     RETURNING last_finish_seq, pipeline_context_id, run_context_id, experiment_id, \
+                     (SELECT e.artifact_location FROM experiments e WHERE e.id = runs.experiment_id)",
                 )
                 .bind(run_id)
                 .bind(i64::from(terminal))
                 .fetch_optional(&mut *tx)
                 .await
                 .ctx("numbering the task finish")?;
-                let Some((seq, pipeline_context_id, run_context_id)) = counter else {
+                let Some((seq, pipeline_context_id, run_context_id, experiment_id, artifact_location)) =
+                    counter
+                else {
                     return Err(StoreError::NotFound(format!("run `{run_id}`")));
                 };
-                let contexts = RunContexts { pipeline_context_id, run_context_id };
+                let contexts = RunContexts {
+                    pipeline_context_id,
+                    run_context_id,
+                    experiment_id,
+                    artifact_location,
+                };
                 let finish_seq = terminal.then_some(seq);
                 let ended_at = terminal.then_some(finish.ended_at);
-                let task_id: String = sqlx::query_scalar(
+                let (task_id, attempts, started_at): (String, i64, Option<i64>) = sqlx::query_as(
                     "INSERT INTO tasks (id, run_id, name, step, iteration, status, attempts, exit_code, \
                      resources, cache_key, cached_from, message, input_parameters, output_parameters, \
                      created_at, ended_at, finish_seq) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 0, $7, '{}', $8, $9, $10, '{}', $11, $12, $13, $14) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 0, $7, '{}', $8, $9, $10, $15, $11, $12, $13, $14) \
                      ON CONFLICT (run_id, name) DO UPDATE SET step = excluded.step, \
                      iteration = excluded.iteration, status = excluded.status, \
                      exit_code = excluded.exit_code, \
                      cache_key = COALESCE(excluded.cache_key, tasks.cache_key), \
                      cached_from = excluded.cached_from, message = excluded.message, \
+                     input_parameters = CASE WHEN excluded.input_parameters = '{}' \
+                     THEN tasks.input_parameters ELSE excluded.input_parameters END, \
                      output_parameters = excluded.output_parameters, ended_at = excluded.ended_at, \
                      finish_seq = excluded.finish_seq \
-                     RETURNING id",
+                     RETURNING id, attempts, started_at",
                 )
                 .bind($crate::common::new_id())
                 .bind(run_id)
@@ -795,10 +928,43 @@ macro_rules! store_impl {
                 .bind(finish.ended_at)
                 .bind(ended_at)
                 .bind(finish_seq)
+                .bind($crate::common::to_json(&finish.input_parameters))
                 .fetch_one(&mut *tx)
                 .await
                 .ctx("recording the task finish")?;
                 associate(&mut tx, &contexts, &task_id).await?;
+                let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
+                let identity = $crate::mirror::TaskIdentity {
+                    run_id,
+                    task_id: &task_id,
+                    name: &finish.name,
+                    step: &finish.step,
+                    iteration: finish.iteration,
+                    attempt,
+                    status: finish.status,
+                };
+                let mut tags = $crate::mirror::task_tags(&identity);
+                if let Some(source) = &finish.cached_from {
+                    tags.insert("capstan.cached".into(), "true".into());
+                    tags.insert("capstan.cached_from".into(), source.clone());
+                }
+                if let Some(message) = &finish.message {
+                    tags.insert("capstan.message".into(), message.clone());
+                }
+                let mut params = $crate::mirror::input_params(&finish.input_parameters);
+                params.extend($crate::mirror::output_params(&finish.output_parameters));
+                mirror_run(
+                    &mut tx,
+                    &contexts,
+                    &$crate::attempt_run_id(&task_id, attempt),
+                    &finish.name,
+                    $crate::mirror::task_status(finish.status),
+                    started_at.unwrap_or(finish.ended_at),
+                    ended_at,
+                    &tags,
+                    &params,
+                )
+                .await?;
                 // The outputs are exactly what this finish reports; an earlier attempt's are replaced.
                 sqlx::query("DELETE FROM events WHERE task_id = $1 AND kind = 'output'")
                     .bind(&task_id)

@@ -223,6 +223,9 @@ pub struct TaskFinish {
     pub status: TaskStatus,
     pub exit_code: Option<i32>,
     pub message: Option<String>,
+    /// Input parameter values, for tasks that never started (cache hits record them here).
+    #[serde(default)]
+    pub input_parameters: BTreeMap<String, Value>,
     pub output_parameters: BTreeMap<String, Value>,
     /// Artifacts this attempt produced: inserted and linked by `output` events.
     pub new_artifacts: Vec<NewArtifact>,
@@ -252,6 +255,7 @@ impl TaskFinish {
             status,
             exit_code,
             message: message.map(str::to_string),
+            input_parameters: BTreeMap::new(),
             output_parameters: BTreeMap::new(),
             new_artifacts: vec![],
             reused_artifacts: BTreeMap::new(),
@@ -383,7 +387,20 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// The id of the tracking run (an MLflow run nested in the pipeline run's) that records one
+/// attempt of a task: the task id itself for the first attempt (and for tasks that never
+/// started), a digest of the task id and the attempt number for later ones. Deterministic, so
+/// the engine and the store agree on it without another round trip.
+pub fn attempt_run_id(task_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        return task_id.to_owned();
+    }
+    let digest = blake3::hash(format!("{task_id}/{attempt}").as_bytes());
+    digest.to_hex()[..32].to_owned()
+}
+
 mod common;
+mod mirror;
 mod models;
 mod postgres;
 mod sqlite;
@@ -391,6 +408,7 @@ mod sqlite;
 pub mod test_suite;
 mod tracking;
 
+pub use mirror::run_artifact_uri;
 pub use models::{
     LoggedModel, LoggedModelQuery, MODEL_PENDING, MODEL_READY, MODEL_UPLOAD_FAILED, ModelAlias,
     ModelOutput, ModelStore, ModelVersion, NewLoggedModel, NewModelVersion, RegisteredModel,

@@ -158,6 +158,7 @@ fn finish(name: &str, status: TaskStatus, at: i64) -> TaskFinish {
         status,
         exit_code: Some(if status == TaskStatus::Failed { 1 } else { 0 }),
         message: None,
+        input_parameters: BTreeMap::new(),
         output_parameters: BTreeMap::new(),
         new_artifacts: Vec::new(),
         reused_artifacts: BTreeMap::new(),

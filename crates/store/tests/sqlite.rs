@@ -49,6 +49,7 @@ fn finished(name: &str, artifact_id: &str) -> TaskFinish {
         status: TaskStatus::Succeeded,
         exit_code: Some(0),
         message: None,
+        input_parameters: Default::default(),
         output_parameters: Default::default(),
         new_artifacts: vec![NewArtifact {
             id: artifact_id.to_owned(),
