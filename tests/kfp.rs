@@ -666,3 +666,75 @@ fn outputs_match_kfp_local() {
         }
     }
 }
+
+/// Searches, through the MLflow REST API of a `capstan server` over the same workspace, for the
+/// tracking run of task `task` of run `run_id`.
+fn task_tracking_run(dir: &Dir, bin: &std::path::Path, run_id: &str, task: &str) -> Value {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = dir.spawn(&["server", "--port", &port.to_string()]);
+    let script = r#"
+import json, sys, time, urllib.request
+url, run_id, task = sys.argv[1:]
+for _ in range(200):
+    try:
+        urllib.request.urlopen(url + "/health", timeout=1).read()
+        break
+    except Exception:
+        time.sleep(0.05)
+def post(path, body):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=10))
+exps = post("/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+runs = post("/api/2.0/mlflow/runs/search", {
+    "experiment_ids": [e["experiment_id"] for e in exps],
+    "filter": f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`capstan.task` = '{task}'",
+})
+print(json.dumps(runs.get("runs", [])))
+"#;
+    let out = Command::new(bin.join("python"))
+        .args([
+            "-c",
+            script,
+            &format!("http://127.0.0.1:{port}"),
+            run_id,
+            task,
+        ])
+        .output()
+        .expect("run python");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    runs[0].clone()
+}
+
+#[test]
+fn logged_metrics_become_metrics_of_the_tasks_tracking_run() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("artifacts"), "-p", "rows=4"]);
+    r.ok();
+    let run = task_tracking_run(&dir, &bin, &r.run_id(), "evaluate");
+    let metrics = run["data"]["metrics"].as_array().unwrap();
+    assert_eq!(metrics.len(), 1, "{run:#}");
+    assert_eq!(metrics[0]["key"], "slope");
+    assert_eq!(metrics[0]["value"], 2.0);
+    // A task without Metrics outputs logs none.
+    let train = task_tracking_run(&dir, &bin, &r.run_id(), "train");
+    assert!(
+        train["data"]["metrics"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "{train:#}"
+    );
+}

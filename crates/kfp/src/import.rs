@@ -27,6 +27,32 @@ const METRICS_TYPES: &[&str] = &[
     "SlicedClassificationMetrics",
 ];
 
+/// Runs a component with Metrics outputs: `sh -c METRICS_WRAPPER sh LOG_METRICS RESULTS
+/// (NAME PATH)... -- COMMAND...`. Creates each metrics file, runs the command, then logs the
+/// metrics when the step has a tracking run.
+const METRICS_WRAPPER: &str = "py=\"$1\"; res=\"$2\"; shift 2; names=; \
+while [ \"$1\" != -- ]; do names=\"$names $1\"; [ -e \"$2\" ] || : > \"$2\"; shift 2; done; shift; \
+\"$@\" || exit $?; \
+if [ -n \"$MLFLOW_RUN_ID\" ] && [ -n \"$MLFLOW_TRACKING_URI\" ] && [ -e \"$res\" ]; then exec python3 -c \"$py\" \"$res\" $names; fi";
+
+/// Reads the metrics artifacts' metadata from kfp's executor output (`argv[1]`) and logs their
+/// numeric values to `MLFLOW_RUN_ID` with one `runs/log-batch` call.
+const LOG_METRICS: &str = r#"import json, os, sys, time, urllib.request
+doc = json.load(open(sys.argv[1]))
+now = int(time.time() * 1000)
+metrics = []
+for name in sys.argv[2:]:
+    for art in doc.get("artifacts", {}).get(name, {}).get("artifacts", []):
+        for key, value in (art.get("metadata") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.append({"key": key, "value": value, "timestamp": now, "step": 0})
+if metrics:
+    body = json.dumps({"run_id": os.environ["MLFLOW_RUN_ID"], "metrics": metrics}).encode()
+    url = os.environ["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/runs/log-batch"
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
+"#;
+
 const SCHEMA_VERSIONS: &[&str] = &["2.0.0", "2.1.0"];
 const TOP_KEYS: &[&str] = &[
     "pipelineInfo",
@@ -938,7 +964,9 @@ impl<'a> Importer<'a> {
             run.extend(expanded.into_iter().map(Template::from_parts));
         }
         // Metrics artifacts carry their values as metadata, and kfp's executor writes no file
-        // for them: give each an empty file that the component may overwrite.
+        // for them: give each an empty file that the component may overwrite. Once the
+        // component succeeded, the numeric values it logged (`log_metric`) go to the task's
+        // tracking run, through the MLflow API that every step is given (`MLFLOW_*`).
         let metrics: Vec<&String> = outputs
             .artifacts
             .iter()
@@ -949,12 +977,13 @@ impl<'a> Importer<'a> {
             let mut wrapped = vec![
                 Template::literal("sh"),
                 Template::literal("-c"),
-                Template::literal(
-                    "while [ \"$1\" != -- ]; do [ -e \"$1\" ] || : > \"$1\"; shift; done; shift; exec \"$@\"",
-                ),
+                Template::literal(METRICS_WRAPPER),
                 Template::literal("sh"),
+                Template::literal(LOG_METRICS),
+                Template::from_parts(vec![plain_part(Ref::Output(RESULTS.to_string()))]),
             ];
             for name in metrics {
+                wrapped.push(Template::literal(name));
                 wrapped.push(Template::from_parts(vec![plain_part(Ref::Output(
                     name.clone(),
                 ))]));
@@ -1683,9 +1712,18 @@ mod tests {
         let Command::Argv(argv) = &p.steps["evaluate"].run else {
             panic!("argv")
         };
-        let srcs: Vec<&str> = argv.iter().take(7).map(Template::source).collect();
+        let srcs: Vec<&str> = argv.iter().take(9).map(Template::source).collect();
         assert_eq!(srcs[0], "sh");
-        assert_eq!(&srcs[3..6], ["sh", "{{ outputs.metrics }}", "--"]);
+        assert_eq!(srcs[3], "sh");
+        assert_eq!(
+            &srcs[5..9],
+            [
+                "{{ outputs.executor-output }}",
+                "metrics",
+                "{{ outputs.metrics }}",
+                "--"
+            ]
+        );
         assert_eq!(p.steps["train"].outputs.artifacts["model"], "Model");
     }
 
