@@ -1,12 +1,17 @@
-//! Pipelines compiled by the real kfp SDK (`examples/kfp/pipelines.py`, committed as YAML) run
-//! with `capstan run`: statuses, output values, artifact metadata, caching, retries, conditions,
-//! loops, exit handlers, importers and nested pipelines.
+//! Pipelines compiled by the real kfp SDK (`examples/kfp/pipelines.py`, committed as YAML and
+//! compiled again by the first test, which fails when they differ) run with `capstan run`:
+//! statuses, output values, artifact contents and metadata, caching (on, off, a custom key),
+//! retries, conditions, loops (raw, over a parameter, nested, with `dsl.Collected` of parameters
+//! and artifacts), exit handlers, importers, pipeline input artifacts, nested pipelines, container
+//! components with IfPresent and Concat placeholders, env variables and resources. Where
+//! `kfp.local` runs the same pipeline, the outputs of both are compared.
 //!
 //! Python components run kfp's own executor, so they need `kfp` in the venv that
 //! `scripts/python-env.sh` creates ($CAPSTAN_VENV, default /var/tmp/capstan-venv). Without it the
 //! tests that run components are skipped with a notice, unless `CAPSTAN_REQUIRE_PYTHON=1` (as in
 //! CI), which makes a missing venv a failure. The error tests need no Python.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -108,7 +113,7 @@ fn the_committed_yaml_is_what_the_kfp_compiler_writes() {
         );
         compiled += 1;
     }
-    assert_eq!(compiled, 10);
+    assert_eq!(compiled, 17);
 }
 
 #[test]
@@ -390,5 +395,346 @@ fn bad_ir_is_refused_with_a_message_naming_the_problem() {
         r.stderr.contains("param `x` expects int, got `abc`"),
         "{}",
         r.stderr
+    );
+}
+
+fn artifacts(dir: &Dir, run_id: &str) -> Vec<Value> {
+    let listed = dir
+        .run(&["artifacts", "list", run_id, "--output", "json"])
+        .ok()
+        .json();
+    listed.as_array().unwrap().clone()
+}
+
+fn artifact_text(dir: &Dir, id: &str) -> String {
+    let out = dir.path().join(format!("artifact-{id}"));
+    dir.run(&["artifacts", "get", id, "-o", out.to_str().unwrap()])
+        .ok();
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[test]
+fn nested_parallel_for_runs_every_pair_of_items() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("nested-loops")]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    let mut i = 0;
+    for a in [1, 2] {
+        for b in [10, 20, 30] {
+            let name = format!("for-loop-2/for-loop-4/add[{i}]");
+            assert_eq!(status(&run, &name), "succeeded");
+            assert_eq!(output(&run, &name, "Output"), json!(a + b), "{name}");
+            i += 1;
+        }
+    }
+    // The inner loop iterates over a field of the outer item.
+    assert_eq!(
+        output(&run, "for-loop-6/for-loop-7/say[0]", "Output"),
+        json!("x")
+    );
+    assert_eq!(
+        output(&run, "for-loop-6/for-loop-7/say[1]", "Output"),
+        json!("y")
+    );
+    assert_eq!(run["tasks"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn collected_fans_in_parameters_and_artifacts_with_their_metadata() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("fan-in"), "-p", "xs=[3, 1, 2]"],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    for (i, x) in [3, 1, 2].iter().enumerate() {
+        let name = format!("for-loop-1/shard[{i}]");
+        assert_eq!(output(&run, &name, "Output"), json!(x * x));
+    }
+    assert_eq!(
+        output(&run, "merge", "Output"),
+        json!("shard 3 (x=3); shard 1 (x=1); shard 2 (x=2) | squares=[1, 4, 9]")
+    );
+    let shards: Vec<Value> = artifacts(&dir, &r.run_id())
+        .into_iter()
+        .filter(|a| a["name"] == "data")
+        .collect();
+    assert_eq!(shards.len(), 3);
+    for a in &shards {
+        let x = a["metadata"]["x"].as_i64().unwrap();
+        assert_eq!(
+            artifact_text(&dir, a["id"].as_str().unwrap()),
+            format!("shard {x}\n")
+        );
+    }
+}
+
+#[test]
+fn input_artifacts_carry_their_metadata() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("metadata"), "-p", "rows=2"]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "describe", "Output"), json!("0,0\n1,2 rows=2"));
+}
+
+#[test]
+fn a_pipeline_input_artifact_is_imported_from_a_path() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let data = dir.write("in.txt", "pipeline input\n");
+    let r = capstan(
+        &dir,
+        &bin,
+        &[
+            "run",
+            &example("input-artifacts"),
+            "-p",
+            &format!("data={}", data.display()),
+        ],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(status(&run, "inputs/data"), "succeeded");
+    assert_eq!(output(&run, "read-text", "Output"), json!("pipeline input"));
+    let art = &task(&run, "inputs/data")["outputs"]["artifacts"]["artifact"];
+    assert_eq!(
+        artifact_text(
+            &dir,
+            art["id"].as_str().unwrap_or_else(|| panic!("{run:#}"))
+        ),
+        "pipeline input\n"
+    );
+    // Without it the run is refused before it starts.
+    let r = capstan(&dir, &bin, &["run", &example("input-artifacts")]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("`data`"), "{}", r.stderr);
+}
+
+#[test]
+fn if_present_and_concat_placeholders_expand_per_task() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &["run", &example("placeholders"), "-p", "name=ada"],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(output(&run, "greet", "out"), json!("name=ada! greeting hi"));
+    assert_eq!(
+        output(&run, "greet-2", "out"),
+        json!("name=ada! no-greeting")
+    );
+}
+
+#[test]
+fn env_resources_and_a_custom_cache_key() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let first = capstan(&dir, &bin, &["run", &example("options"), "-p", "key=one"]);
+    first.ok();
+    let run = dir.show(&first.run_id());
+    // set_env_variable reaches the component; the limits are recorded with the task.
+    assert_eq!(output(&run, "env-and-key", "Output"), json!("test:x1:one"));
+    let t = task(&run, "env-and-key");
+    assert_eq!(t["resources"]["cpu"], 0.5);
+    assert_eq!(t["resources"]["memory"], 1024 * 1024 * 1024);
+    assert_eq!(t["resources"]["gpu"], 1);
+    // The custom cache key stands for the inputs: another `key` still hits the cache.
+    let second = capstan(&dir, &bin, &["run", &example("options"), "-p", "key=two"]);
+    second.ok();
+    let run = dir.show(&second.run_id());
+    assert_eq!(status(&run, "env-and-key"), "cached");
+    assert_eq!(output(&run, "env-and-key", "Output"), json!("test:x1:one"));
+}
+
+#[test]
+fn an_unsupported_construct_is_refused_by_name() {
+    let dir = Dir::new();
+    let r = dir.run(&["run", &example("one-of")]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("task `say-3` input `msg`") && r.stderr.contains("dsl.OneOf"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Numbers compare by value: kfp.local reads parameters and metadata through protobuf structs,
+/// so the integers inside them come back as floats (`3.0`).
+fn numeric(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(xs) => Value::Array(xs.iter().map(numeric).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), numeric(x))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `for-loop-1-iteration-2/shard` (kfp.local) and `for-loop-1/shard[2]` (capstan) are `shard[2]`;
+/// a task in a condition is its own name.
+fn leaf(name: &str) -> String {
+    let mut parts = name.rsplit('/');
+    let last = parts.next().unwrap_or(name).to_string();
+    match parts.next().and_then(|p| p.rsplit_once("-iteration-")) {
+        Some((_, i)) if !last.ends_with(']') => format!("{last}[{i}]"),
+        _ => last,
+    }
+}
+
+#[test]
+fn outputs_match_kfp_local() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    // Pipelines that kfp.local's subprocess runner can run (no container components), with
+    // arguments as JSON.
+    for (name, args) in [
+        ("chain", vec![("x", "4")]),
+        ("artifacts", vec![("rows", "4")]),
+        ("conditions", vec![("n", "1")]),
+        ("fan-in", vec![("xs", "[3, 1, 2]")]),
+        ("metadata", vec![("rows", "2")]),
+    ] {
+        let out = Command::new(bin.join("python"))
+            .arg(repo_root().join("tests/kfp_local.py"))
+            .arg(name)
+            .args(args.iter().map(|(k, v)| format!("{k}={v}")))
+            .output()
+            .expect("run kfp.local");
+        assert!(
+            out.status.success(),
+            "kfp.local {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let local: BTreeMap<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
+
+        let mut cli = vec!["run".to_string(), example(name)];
+        for (k, v) in &args {
+            cli.extend(["-p".to_string(), format!("{k}={v}")]);
+        }
+        let cli: Vec<&str> = cli.iter().map(String::as_str).collect();
+        let r = capstan(&dir, &bin, &cli);
+        r.ok();
+        let run = dir.show(&r.run_id());
+        let listed = artifacts(&dir, &r.run_id());
+        assert!(!local.is_empty(), "{name}: kfp.local ran no task");
+        for (local_task, want) in &local {
+            let ours = run["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| leaf(t["name"].as_str().unwrap()) == leaf(local_task))
+                .unwrap_or_else(|| panic!("{name}: no task like `{local_task}` in {run:#}"));
+            let task_name = ours["name"].as_str().unwrap();
+            assert_eq!(ours["status"], "succeeded", "{name}/{task_name}");
+            let params = &ours["outputs"]["parameters"];
+            for (k, v) in want["parameters"].as_object().unwrap() {
+                // kfp.local formats the integers of a struct as floats in text too.
+                let float_text = name == "fan-in" || name == "metadata";
+                if float_text && v.is_string() {
+                    continue;
+                }
+                assert_eq!(numeric(&params[k]), numeric(v), "{name}/{task_name}: {k}");
+            }
+            for (k, art) in want["artifacts"].as_object().unwrap() {
+                let a = &ours["outputs"]["artifacts"][k];
+                let record = listed
+                    .iter()
+                    .find(|x| x["id"] == a["id"])
+                    .unwrap_or_else(|| panic!("{name}/{task_name}: no artifact {k}"));
+                assert_eq!(
+                    numeric(&record["metadata"]),
+                    numeric(&art["metadata"]),
+                    "{name}/{task_name}: metadata of {k}"
+                );
+                if let Some(content) = art["content"].as_str() {
+                    assert_eq!(
+                        artifact_text(&dir, record["id"].as_str().unwrap()),
+                        content,
+                        "{name}/{task_name}: content of {k}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Searches, through the MLflow REST API of a `capstan server` over the same workspace, for the
+/// tracking run of task `task` of run `run_id`.
+fn task_tracking_run(dir: &Dir, bin: &std::path::Path, run_id: &str, task: &str) -> Value {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = dir.spawn(&["server", "--port", &port.to_string()]);
+    let script = r#"
+import json, sys, time, urllib.request
+url, run_id, task = sys.argv[1:]
+for _ in range(200):
+    try:
+        urllib.request.urlopen(url + "/health", timeout=1).read()
+        break
+    except Exception:
+        time.sleep(0.05)
+def post(path, body):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=10))
+exps = post("/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+runs = post("/api/2.0/mlflow/runs/search", {
+    "experiment_ids": [e["experiment_id"] for e in exps],
+    "filter": f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`capstan.task` = '{task}'",
+})
+print(json.dumps(runs.get("runs", [])))
+"#;
+    let out = Command::new(bin.join("python"))
+        .args([
+            "-c",
+            script,
+            &format!("http://127.0.0.1:{port}"),
+            run_id,
+            task,
+        ])
+        .output()
+        .expect("run python");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    runs[0].clone()
+}
+
+#[test]
+fn logged_metrics_become_metrics_of_the_tasks_tracking_run() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("artifacts"), "-p", "rows=4"]);
+    r.ok();
+    let run = task_tracking_run(&dir, &bin, &r.run_id(), "evaluate");
+    let metrics = run["data"]["metrics"].as_array().unwrap();
+    assert_eq!(metrics.len(), 1, "{run:#}");
+    assert_eq!(metrics[0]["key"], "slope");
+    assert_eq!(metrics[0]["value"], 2.0);
+    // A task without Metrics outputs logs none.
+    let train = task_tracking_run(&dir, &bin, &r.run_id(), "train");
+    assert!(
+        train["data"]["metrics"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "{train:#}"
     );
 }

@@ -6,7 +6,7 @@ Python components needs `kfp` in the step environment (see the README).
 
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -200,8 +200,107 @@ def nested(x: int = 2):
     add(a=sub.output, b=1)
 
 
+@dsl.pipeline(name="nested-loops")
+def nested_loops():
+    with dsl.ParallelFor([1, 2]) as a:
+        with dsl.ParallelFor([10, 20, 30], parallelism=2) as b:
+            add(a=a, b=b)
+    with dsl.ParallelFor([{"n": 3, "tags": ["x", "y"]}]) as row:
+        with dsl.ParallelFor(row.tags) as tag:
+            say(msg=tag)
+
+
+@dsl.component
+def shard(x: int, data: Output[Dataset]) -> int:
+    with open(data.path, "w") as f:
+        f.write(f"shard {x}\n")
+    data.metadata["x"] = x
+    return x * x
+
+
+@dsl.component
+def merge(shards: Input[List[Dataset]], squares: List[int]) -> str:
+    parts = []
+    for d in shards:
+        with open(d.path) as f:
+            parts.append(f"{f.read().strip()} (x={d.metadata['x']})")
+    return "; ".join(parts) + f" | squares={sorted(squares)}"
+
+
+@dsl.pipeline(name="fan-in")
+def fan_in(xs: List[int] = [1, 2, 3]):
+    with dsl.ParallelFor(xs) as x:
+        s = shard(x=x)
+    merge(shards=dsl.Collected(s.outputs["data"]), squares=dsl.Collected(s.outputs["Output"]))
+
+
+@dsl.component
+def describe(data: Input[Dataset]) -> str:
+    with open(data.path) as f:
+        return f"{f.read().strip()} rows={data.metadata['rows']}"
+
+
+@dsl.pipeline(name="metadata")
+def metadata(rows: int = 3):
+    made = make_data(rows=rows)
+    describe(data=made.outputs["data"])
+
+
+@dsl.pipeline(name="one-of")
+def one_of(n: int = 0):
+    coin = flip(n=n)
+    with dsl.If(coin.output == "heads"):
+        heads = say(msg="heads won")
+    with dsl.Else():
+        other = say(msg="heads lost")
+    say(msg=dsl.OneOf(heads.output, other.output))
+
+
+@dsl.container_component
+def greet(name: str, out: dsl.OutputPath(str), greeting: Optional[str] = None):
+    return dsl.ContainerSpec(
+        image="busybox:1.36",
+        command=["sh", "-c", 'mkdir -p "$(dirname "$0")"; echo "$@" > "$0"'],
+        args=[
+            out,
+            dsl.ConcatPlaceholder(["name=", name, "!"]),
+            dsl.IfPresentPlaceholder(input_name="greeting", then=["greeting", greeting], else_=["no-greeting"]),
+        ],
+    )
+
+
+@dsl.pipeline(name="placeholders")
+def placeholders(name: str = "ada"):
+    greet(name=name, greeting="hi").set_display_name("with-greeting")
+    greet(name=name)
+
+
+@dsl.component
+def env_and_key(key: str) -> str:
+    import os
+    return f"{os.environ['STAGE']}:{os.environ['TOKEN_SUFFIX']}:{key}"
+
+
+@dsl.pipeline(name="options")
+def options(key: str = "k"):
+    (env_and_key(key=key)
+     .set_env_variable("STAGE", "test")
+     .set_env_variable("TOKEN_SUFFIX", "x1")
+     .set_cpu_limit("500m")
+     .set_memory_limit("1Gi")
+     .set_accelerator_type("nvidia.com/gpu")
+     .set_accelerator_limit(1)
+     .set_caching_options(True, cache_key="fixed-key"))
+
+
+@dsl.pipeline(name="input-artifacts")
+def input_artifacts(data: Input[Dataset]):
+    read_text(data=data)
+
+
 PIPELINES = [chain, artifacts, conditions, loops, exit_handler, retries, containers, structs,
-             importer, nested]
+             importer, nested, nested_loops, fan_in, metadata, one_of, placeholders, options,
+             input_artifacts]
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent

@@ -69,9 +69,39 @@ pub(crate) enum AttemptResult {
 /// A binding made concrete for this attempt: artifacts have local paths.
 enum Resolved {
     Value(Value),
-    Artifact { path: String, digest: String },
-    Artifacts(Vec<(String, String)>),
+    Artifact(Local),
+    Artifacts(Vec<Local>),
     Output(String),
+}
+
+/// An input artifact on local disk. Its metadata is read only for references that ask for the
+/// artifact description (`| artifacts`); it is `{}` otherwise.
+struct Local {
+    path: String,
+    digest: String,
+    metadata: Value,
+}
+
+impl Local {
+    /// The description that the `artifacts` filter writes; `uri` is the path, or the digest
+    /// for the cache key.
+    fn describe(&self, uri: &str) -> Value {
+        serde_json::json!({"uri": uri, "metadata": self.metadata})
+    }
+}
+
+/// The references whose artifact metadata the step's templates use.
+fn described_refs(step: &Step) -> std::collections::HashSet<&Ref> {
+    let templates: Vec<&Template> = match &step.run {
+        Command::Argv(args) => args.iter().collect(),
+        Command::Shell(t) => vec![t],
+    };
+    templates
+        .into_iter()
+        .chain(step.env.values())
+        .chain(step.workdir.iter())
+        .flat_map(Template::described_refs)
+        .collect()
 }
 
 pub(crate) fn plan_outputs(o: &capstan_store::TaskOutputs) -> TaskOutputs {
@@ -132,7 +162,24 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     let mut resolved: HashMap<&Ref, Resolved> = HashMap::new();
     let mut input_parameters = BTreeMap::new();
     let mut input_artifacts = BTreeMap::new();
+    let described = described_refs(&a.step);
+    let metadata = |h: &ArtifactHandle, wanted: bool| {
+        let store = ws.store.clone();
+        let id = h.id.clone();
+        async move {
+            if !wanted {
+                return Ok::<Value, anyhow::Error>(Value::Object(Default::default()));
+            }
+            Ok(store
+                .get_artifact(&id)
+                .await?
+                .map(|a| a.metadata)
+                .filter(|m| !m.is_null())
+                .unwrap_or_else(|| Value::Object(Default::default())))
+        }
+    };
     for (r, b) in &a.bindings {
+        let wanted = described.contains(r);
         let key = match r {
             Ref::Input(name) => name.clone(),
             other => other.to_string(),
@@ -152,10 +199,11 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
                     }
                 };
                 input_artifacts.insert(key, store_ref(h));
-                Resolved::Artifact {
+                Resolved::Artifact(Local {
                     path: path.display().to_string(),
                     digest: h.digest.clone(),
-                }
+                    metadata: metadata(h, wanted).await?,
+                })
             }
             Binding::Artifacts(hs) => {
                 let mut paths = Vec::with_capacity(hs.len());
@@ -169,7 +217,11 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
                         }
                     };
                     input_artifacts.insert(format!("{key}[{i}]"), store_ref(h));
-                    paths.push((path.display().to_string(), h.digest.clone()));
+                    paths.push(Local {
+                        path: path.display().to_string(),
+                        digest: h.digest.clone(),
+                        metadata: metadata(h, wanted).await?,
+                    });
                 }
                 Resolved::Artifacts(paths)
             }
@@ -188,60 +240,63 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     };
     // The real rendering, and the symbolic one that keys the cache: input artifacts by digest,
     // outputs by name, so that fresh paths do not defeat the cache.
-    let real = |r: &Ref| -> Result<Value, String> {
-        Ok(
-            match resolved
-                .get(r)
-                .ok_or_else(|| format!("unresolved reference `{r}`"))?
-            {
-                Resolved::Value(v) => v.clone(),
-                Resolved::Artifact { path, .. } => Value::String(path.clone()),
-                Resolved::Artifacts(xs) => {
-                    Value::Array(xs.iter().map(|(p, _)| Value::String(p.clone())).collect())
-                }
-                Resolved::Output(name) => Value::String(output_path(name).display().to_string()),
-            },
-        )
-    };
-    let symbolic = |r: &Ref| -> Result<Value, String> {
-        Ok(
-            match resolved
-                .get(r)
-                .ok_or_else(|| format!("unresolved reference `{r}`"))?
-            {
-                Resolved::Value(v) => v.clone(),
-                Resolved::Artifact { digest, .. } => Value::String(format!("artifact:{digest}")),
-                Resolved::Artifacts(xs) => Value::Array(
-                    xs.iter()
-                        .map(|(_, d)| Value::String(format!("artifact:{d}")))
-                        .collect(),
-                ),
-                Resolved::Output(name) => Value::String(format!("output:{name}")),
-            },
-        )
-    };
-    let render_all = |lookup: &dyn Fn(&Ref) -> Result<Value, String>| -> Result<Rendered, String> {
-        let render = |t: &Template| t.render(lookup);
-        let (argv, shell) = match &step.run {
-            Command::Argv(args) => (
-                args.iter().map(render).collect::<Result<Vec<_>, _>>()?,
-                false,
-            ),
-            Command::Shell(t) => (vec![render(t)?], true),
+    let lookup = |r: &Ref, described: bool, symbolic: bool| -> Result<Value, String> {
+        let uri = |l: &Local| {
+            if symbolic {
+                format!("artifact:{}", l.digest)
+            } else {
+                l.path.clone()
+            }
         };
-        let env = step
-            .env
-            .iter()
-            .map(|(k, t)| Ok((k.clone(), render(t)?)))
-            .collect::<Result<Vec<_>, String>>()?;
-        let workdir = step.workdir.as_ref().map(render).transpose()?;
-        Ok(Rendered {
-            argv,
-            shell,
-            env,
-            workdir,
+        let one = |l: &Local| {
+            if described {
+                l.describe(&uri(l))
+            } else {
+                Value::String(uri(l))
+            }
+        };
+        let value = resolved
+            .get(r)
+            .ok_or_else(|| format!("unresolved reference `{r}`"))?;
+        Ok(match value {
+            Resolved::Artifact(l) if described => Value::Array(vec![one(l)]),
+            Resolved::Artifact(l) => one(l),
+            Resolved::Artifacts(xs) => Value::Array(xs.iter().map(one).collect()),
+            _ if described => {
+                return Err(format!(
+                    "`{r}` is not an input artifact: only artifacts take the `artifacts` filter"
+                ));
+            }
+            Resolved::Value(v) => v.clone(),
+            Resolved::Output(name) if symbolic => Value::String(format!("output:{name}")),
+            Resolved::Output(name) => Value::String(output_path(name).display().to_string()),
         })
     };
+    let real = |r: &Ref, d: bool| lookup(r, d, false);
+    let symbolic = |r: &Ref, d: bool| lookup(r, d, true);
+    let render_all =
+        |lookup: &dyn Fn(&Ref, bool) -> Result<Value, String>| -> Result<Rendered, String> {
+            let render = |t: &Template| t.render_with(lookup);
+            let (argv, shell) = match &step.run {
+                Command::Argv(args) => (
+                    args.iter().map(render).collect::<Result<Vec<_>, _>>()?,
+                    false,
+                ),
+                Command::Shell(t) => (vec![render(t)?], true),
+            };
+            let env = step
+                .env
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), render(t)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let workdir = step.workdir.as_ref().map(render).transpose()?;
+            Ok(Rendered {
+                argv,
+                shell,
+                env,
+                workdir,
+            })
+        };
     let concrete = match render_all(&real) {
         Ok(r) => r,
         Err(e) => return Ok(failed(format!("cannot render the command: {e}"))),
@@ -266,15 +321,28 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
                 .map(|(k, t)| (k.clone(), t.clone())),
         )
         .collect();
-    let key = cache_key(&CacheInput {
-        command: &keyed.argv,
-        shell: keyed.shell,
-        env: &keyed.env,
-        workdir: keyed.workdir.as_deref(),
-        image: step.image.as_deref(),
-        input_artifacts: &digests,
-        outputs: &declared,
-    });
+    let key = match &step.cache_key {
+        // The author's key stands for the inputs, command and environment; the step's name and
+        // image keep keys of different steps apart.
+        Some(custom) => cache_key(&CacheInput {
+            command: &[format!("cache-key:{}:{custom}", step.name)],
+            shell: false,
+            env: &[],
+            workdir: None,
+            image: step.image.as_deref(),
+            input_artifacts: &BTreeMap::new(),
+            outputs: &declared,
+        }),
+        None => cache_key(&CacheInput {
+            command: &keyed.argv,
+            shell: keyed.shell,
+            env: &keyed.env,
+            workdir: keyed.workdir.as_deref(),
+            image: step.image.as_deref(),
+            input_artifacts: &digests,
+            outputs: &declared,
+        }),
+    };
 
     if a.cache
         && let Some(hit) = lookup_cache(ws, &key).await?
@@ -557,8 +625,8 @@ fn mounts<'a>(
     let mut out = vec![home.to_path_buf(), base_dir.to_path_buf()];
     for r in resolved {
         let paths: Vec<&String> = match r {
-            Resolved::Artifact { path, .. } => vec![path],
-            Resolved::Artifacts(xs) => xs.iter().map(|(p, _)| p).collect(),
+            Resolved::Artifact(l) => vec![&l.path],
+            Resolved::Artifacts(xs) => xs.iter().map(|l| &l.path).collect(),
             _ => continue,
         };
         for p in paths {

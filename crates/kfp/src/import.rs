@@ -27,6 +27,32 @@ const METRICS_TYPES: &[&str] = &[
     "SlicedClassificationMetrics",
 ];
 
+/// Runs a component with Metrics outputs: `sh -c METRICS_WRAPPER sh LOG_METRICS RESULTS
+/// (NAME PATH)... -- COMMAND...`. Creates each metrics file, runs the command, then logs the
+/// metrics when the step has a tracking run.
+const METRICS_WRAPPER: &str = "py=\"$1\"; res=\"$2\"; shift 2; names=; \
+while [ \"$1\" != -- ]; do names=\"$names $1\"; [ -e \"$2\" ] || : > \"$2\"; shift 2; done; shift; \
+\"$@\" || exit $?; \
+if [ -n \"$MLFLOW_RUN_ID\" ] && [ -n \"$MLFLOW_TRACKING_URI\" ] && [ -e \"$res\" ]; then exec python3 -c \"$py\" \"$res\" $names; fi";
+
+/// Reads the metrics artifacts' metadata from kfp's executor output (`argv[1]`) and logs their
+/// numeric values to `MLFLOW_RUN_ID` with one `runs/log-batch` call.
+const LOG_METRICS: &str = r#"import json, os, sys, time, urllib.request
+doc = json.load(open(sys.argv[1]))
+now = int(time.time() * 1000)
+metrics = []
+for name in sys.argv[2:]:
+    for art in doc.get("artifacts", {}).get(name, {}).get("artifacts", []):
+        for key, value in (art.get("metadata") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.append({"key": key, "value": value, "timestamp": now, "step": 0})
+if metrics:
+    body = json.dumps({"run_id": os.environ["MLFLOW_RUN_ID"], "metrics": metrics}).encode()
+    url = os.environ["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/runs/log-batch"
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
+"#;
+
 const SCHEMA_VERSIONS: &[&str] = &["2.0.0", "2.1.0"];
 const TOP_KEYS: &[&str] = &[
     "pipelineInfo",
@@ -187,6 +213,9 @@ struct Scope<'a> {
     when: Vec<String>,
     after: Vec<String>,
     for_each: Option<ForEach>,
+    /// The loop's item input when its items are the values themselves (`item`). Inside a nested
+    /// loop the items are objects with one field per loop (`item.KEY`), and this is `None`.
+    item_key: Option<String>,
     finally: bool,
 }
 
@@ -325,6 +354,110 @@ fn cpu(s: &str) -> Option<f64> {
     }
 }
 
+/// The items of a loop that is not inside another loop: raw items, or an input parameter.
+fn loop_items(iter: &Value, inputs: &HashMap<String, Src>) -> Res<ForEachItems> {
+    if let Some(raw) = iter.pointer("/items/raw") {
+        return Ok(ForEachItems::Literal(raw_items(raw)?));
+    }
+    let input =
+        text(iter, &["items", "inputParameter"]).ok_or("parameterIterator has no `items`")?;
+    match inputs.get(input) {
+        Some(Src::Ref(r)) => Ok(ForEachItems::Ref(Template::from_parts(vec![plain_part(
+            r.clone(),
+        )]))),
+        Some(Src::Value(Value::Array(xs))) => Ok(ForEachItems::Literal(xs.clone())),
+        _ => Err(format!(
+            "parameterIterator.items.inputParameter names `{input}`, which is not a list input of the task"
+        )),
+    }
+}
+
+/// `parameterIterator.items.raw`: a JSON list, in a string or not.
+fn raw_items(raw: &Value) -> Res<Vec<Value>> {
+    let list = match raw {
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .map_err(|e| format!("parameterIterator.items.raw is not JSON: {e}"))?,
+        other => other.clone(),
+    };
+    match list {
+        Value::Array(xs) => Ok(xs.iter().map(deep_integral).collect()),
+        other => Err(format!(
+            "parameterIterator.items.raw must be a list, got `{other}`"
+        )),
+    }
+}
+
+/// A loop inside a loop becomes one loop over every pair of items, each item an object with one
+/// field per loop (named after the loops' item inputs), so that iterations are `NAME[i]` as for
+/// any loop. The outer items must be known when the pipeline is imported (raw items); the inner
+/// ones may be raw, a constant or a field of the outer item (`ParallelFor(row.tags)`).
+fn nested_items(
+    outer: &ForEach,
+    scope: &Scope<'_>,
+    iter: &Value,
+    inputs: &mut HashMap<String, Src>,
+    item: &str,
+) -> Res<Vec<Value>> {
+    let ForEachItems::Literal(outer_items) = &outer.items else {
+        return Err("is a ParallelFor inside a ParallelFor whose items come from a parameter or an upstream output, which capstan does not run yet: give the outer loop its items in the pipeline".to_string());
+    };
+    let mut outer_items = outer_items.clone();
+    if let Some(key) = &scope.item_key {
+        // The outer item becomes a field of the combined item.
+        outer_items = outer_items
+            .into_iter()
+            .map(|v| Value::Object([(key.clone(), v)].into_iter().collect()))
+            .collect();
+        for src in inputs.values_mut() {
+            if let Src::Ref(Ref::Item(path)) = src {
+                path.insert(0, key.clone());
+            }
+        }
+    }
+    let inner = |o: &Value| -> Res<Vec<Value>> {
+        if let Some(raw) = iter.pointer("/items/raw") {
+            return raw_items(raw);
+        }
+        let input =
+            text(iter, &["items", "inputParameter"]).ok_or("parameterIterator has no `items`")?;
+        let found = match inputs.get(input) {
+            Some(Src::Value(v)) => Some(v.clone()),
+            Some(Src::Ref(Ref::Item(path))) => path.iter().try_fold(o, |v, k| v.get(k)).cloned(),
+            _ => None,
+        };
+        match found {
+            Some(Value::Array(xs)) => Ok(xs),
+            Some(Value::String(s)) => match serde_json::from_str(&s) {
+                Ok(Value::Array(xs)) => Ok(xs),
+                _ => Err(format!(
+                    "the items of the inner ParallelFor are not a list: `{s}`"
+                )),
+            },
+            Some(other) => Err(format!(
+                "the items of the inner ParallelFor are not a list: `{other}`"
+            )),
+            None => Err(format!(
+                "is a ParallelFor inside a ParallelFor over `{input}`, which is neither constant nor a field of the outer item: capstan does not run that yet"
+            )),
+        }
+    };
+    let mut product = Vec::new();
+    for o in &outer_items {
+        for i in inner(o)? {
+            let mut combined = o.clone();
+            if let Value::Object(m) = &mut combined {
+                m.insert(item.to_string(), i);
+            }
+            product.push(combined);
+        }
+    }
+    inputs.insert(
+        item.to_string(),
+        Src::Ref(Ref::Item(vec![item.to_string()])),
+    );
+    Ok(product)
+}
+
 impl<'a> Importer<'a> {
     fn error(&mut self, step: Option<&str>, message: String) {
         self.diags.push(Diagnostic {
@@ -374,10 +507,53 @@ impl<'a> Importer<'a> {
             );
             inputs.insert(pname.clone(), Src::Ref(Ref::Param(pname.clone())));
         }
-        for (aname, _) in obj(root.pointer("/inputDefinitions/artifacts")) {
-            self.error(
-                None,
-                format!("pipeline input artifact `{aname}` is not supported: pass a URI parameter to an importer instead"),
+        // A pipeline input artifact is a parameter that names a local file or directory (a path
+        // or a `file://` URI), brought into the artifact store by an importer step
+        // `inputs/NAME` before anything uses it.
+        for (aname, def) in obj(root.pointer("/inputDefinitions/artifacts")) {
+            if params.contains_key(aname) {
+                self.error(
+                    None,
+                    format!("pipeline input artifact `{aname}` has the name of a parameter"),
+                );
+                continue;
+            }
+            params.insert(
+                aname.clone(),
+                ParamSpec {
+                    ty: ParamType::String,
+                    default: None,
+                    description: Some(format!(
+                        "path or file:// URI of the input artifact `{aname}` ({})",
+                        schema_title(def)
+                    )),
+                    pos: Default::default(),
+                },
+            );
+            let step = format!("inputs/{aname}");
+            let comp = serde_json::json!({"outputDefinitions": {"artifacts": {"artifact": def}}});
+            let ctx = StepCtx {
+                full: &step,
+                task_name: &step,
+                comp: &comp,
+                params: [("uri".to_string(), Src::Ref(Ref::Param(aname.clone())))]
+                    .into_iter()
+                    .collect(),
+                artifacts: IndexMap::new(),
+            };
+            let importer = serde_json::json!({"artifactUri": {"runtimeParameter": "uri"}});
+            match self.importer_step(&ctx, &importer) {
+                Ok(s) => {
+                    self.steps.insert(step.clone(), s);
+                }
+                Err(e) => self.error(Some(&step), format!("input artifact `{aname}`: {e}")),
+            }
+            inputs.insert(
+                aname.clone(),
+                Src::Ref(Ref::StepOutput {
+                    step,
+                    output: "artifact".to_string(),
+                }),
             );
         }
         let Some(dag) = root.get("dag") else {
@@ -391,6 +567,7 @@ impl<'a> Importer<'a> {
             when: Vec::new(),
             after: Vec::new(),
             for_each: None,
+            item_key: None,
             finally: false,
         };
         self.dag(&scope);
@@ -482,53 +659,35 @@ impl<'a> Importer<'a> {
             let mut inputs: HashMap<String, Src> = params.into_iter().collect();
             inputs.extend(artifacts);
             let mut for_each = scope.for_each.clone();
+            let mut item_key = scope.item_key.clone();
             if let Some(iter) = task.get("parameterIterator") {
-                if scope.for_each.is_some() {
-                    return Err("is a ParallelFor inside a ParallelFor, which capstan does not run yet: flatten the loops into one list of items".to_string());
-                }
-                let items = match (
-                    iter.pointer("/items/raw"),
-                    text(iter, &["items", "inputParameter"]),
-                ) {
-                    (Some(raw), _) => {
-                        let list = match raw {
-                            Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| {
-                                format!("parameterIterator.items.raw is not JSON: {e}")
-                            })?,
-                            other => other.clone(),
-                        };
-                        match list {
-                            Value::Array(xs) => {
-                                ForEachItems::Literal(xs.iter().map(deep_integral).collect())
-                            }
-                            other => {
-                                return Err(format!(
-                                    "parameterIterator.items.raw must be a list, got `{other}`"
-                                ));
-                            }
-                        }
-                    }
-                    (None, Some(input)) => match inputs.get(input) {
-                        Some(Src::Ref(r)) => {
-                            ForEachItems::Ref(Template::from_parts(vec![plain_part(r.clone())]))
-                        }
-                        Some(Src::Value(Value::Array(xs))) => ForEachItems::Literal(xs.clone()),
-                        _ => {
-                            return Err(format!(
-                                "parameterIterator.items.inputParameter names `{input}`, which is not a list input of the task"
-                            ));
-                        }
-                    },
-                    (None, None) => return Err("parameterIterator has no `items`".to_string()),
-                };
                 let item =
                     text(iter, &["itemInput"]).ok_or("parameterIterator has no `itemInput`")?;
-                inputs.insert(item.to_string(), Src::Ref(Ref::Item(vec![])));
                 let parallelism = task
                     .pointer("/iteratorPolicy/parallelismLimit")
                     .and_then(Value::as_u64)
                     .filter(|n| *n > 0)
                     .map(|n| n.min(u32::MAX as u64) as u32);
+                let items = match &scope.for_each {
+                    None => {
+                        inputs.insert(item.to_string(), Src::Ref(Ref::Item(vec![])));
+                        item_key = Some(item.to_string());
+                        loop_items(iter, &inputs)?
+                    }
+                    Some(outer) => {
+                        let product = nested_items(outer, scope, iter, &mut inputs, item)?;
+                        item_key = None;
+                        ForEachItems::Literal(product)
+                    }
+                };
+                // A nested loop runs as one loop over every pair of items: its limit is the
+                // product of the two.
+                let parallelism =
+                    match (scope.for_each.as_ref().map(|f| f.parallelism), parallelism) {
+                        (Some(Some(o)), Some(i)) => Some(o.saturating_mul(i)),
+                        (Some(_), _) => None,
+                        (None, p) => p,
+                    };
                 for_each = Some(ForEach { items, parallelism });
             } else if task.get("artifactIterator").is_some() {
                 return Err(
@@ -542,6 +701,7 @@ impl<'a> Importer<'a> {
                 when,
                 after,
                 for_each,
+                item_key,
                 finally,
             };
             self.dag(&child);
@@ -593,6 +753,9 @@ impl<'a> Importer<'a> {
         // Protobuf JSON leaves out `false`: `cachingOptions: {}` turns the cache off.
         if let Some(opts) = task.get("cachingOptions") {
             step.cache = opts.get("enableCache").and_then(Value::as_bool) == Some(true);
+            step.cache_key = text(opts, &["cacheKey"])
+                .filter(|k| !k.is_empty())
+                .map(str::to_string);
         }
         if let Some(policy) = task.get("retryPolicy") {
             let mut r = RetryPolicy {
@@ -795,13 +958,15 @@ impl<'a> Importer<'a> {
         let outputs = ctx.outputs();
         let mut run = Vec::with_capacity(argv.len());
         for (i, arg) in argv.iter().enumerate() {
-            let parts = ctx
-                .placeholders(arg, &outputs)
+            let expanded = ctx
+                .argument(arg, &outputs)
                 .map_err(|e| format!("argument {i} `{arg}`: {e}"))?;
-            run.push(Template::from_parts(parts));
+            run.extend(expanded.into_iter().map(Template::from_parts));
         }
         // Metrics artifacts carry their values as metadata, and kfp's executor writes no file
-        // for them: give each an empty file that the component may overwrite.
+        // for them: give each an empty file that the component may overwrite. Once the
+        // component succeeded, the numeric values it logged (`log_metric`) go to the task's
+        // tracking run, through the MLflow API that every step is given (`MLFLOW_*`).
         let metrics: Vec<&String> = outputs
             .artifacts
             .iter()
@@ -812,12 +977,13 @@ impl<'a> Importer<'a> {
             let mut wrapped = vec![
                 Template::literal("sh"),
                 Template::literal("-c"),
-                Template::literal(
-                    "while [ \"$1\" != -- ]; do [ -e \"$1\" ] || : > \"$1\"; shift; done; shift; exec \"$@\"",
-                ),
+                Template::literal(METRICS_WRAPPER),
                 Template::literal("sh"),
+                Template::literal(LOG_METRICS),
+                Template::from_parts(vec![plain_part(Ref::Output(RESULTS.to_string()))]),
             ];
             for name in metrics {
+                wrapped.push(Template::literal(name));
                 wrapped.push(Template::from_parts(vec![plain_part(Ref::Output(
                     name.clone(),
                 ))]));
@@ -990,6 +1156,7 @@ impl StepCtx<'_> {
             retries: RetryPolicy::default(),
             timeout: None,
             cache: true,
+            cache_key: None,
             resources: Resources::default(),
             pos: Default::default(),
         }
@@ -1041,12 +1208,21 @@ impl StepCtx<'_> {
             self.param_json(name, src, &mut p);
         }
         p.push(Part::Text("}, \"artifacts\": {".to_string()));
-        self.push_artifacts(
-            &mut p,
-            "/inputDefinitions/artifacts",
-            self.artifacts.keys(),
-            Ref::Input,
-        );
+        // Input artifacts carry the metadata their producer recorded, and a fan-in
+        // (`dsl.Collected`) lists one entry per iteration: the engine writes both.
+        for (i, name) in self.artifacts.keys().enumerate() {
+            let sep = if i > 0 { ", " } else { "" };
+            p.push(Part::Text(format!(
+                "{sep}{}: {{\"artifacts\": ",
+                jtext(name)
+            )));
+            p.push(Part::Ref {
+                r: Ref::Input(name.clone()),
+                offset: 0,
+                filters: vec![Filter::Artifacts, Filter::Json],
+            });
+            p.push(Part::Text("}".to_string()));
+        }
         p.push(Part::Text(
             "}}, \"outputs\": {\"parameters\": {".to_string(),
         ));
@@ -1072,7 +1248,7 @@ impl StepCtx<'_> {
         p
     }
 
-    /// Appends the executor-input entries of artifacts, inputs or outputs alike:
+    /// Appends the executor-input entries of output artifacts:
     /// `"NAME": {"artifacts": [{"name", "type": {"schemaTitle"}, "uri", "metadata"}]}`, with the
     /// schema title from the component's definitions at `defs` and the uri from `uri(NAME)`.
     fn push_artifacts<'n>(
@@ -1100,13 +1276,61 @@ impl StepCtx<'_> {
         }
     }
 
+    /// One command-line argument of the IR as zero or more arguments: `{"IfPresent": ...}`
+    /// (`dsl.IfPresentPlaceholder`) expands to its `Then` or `Else` list, decided here because
+    /// whether a task has an input is known from the IR; `{"Concat": [...]}`
+    /// (`dsl.ConcatPlaceholder`) joins its items into one argument.
+    fn argument(&self, arg: &str, outputs: &Outputs) -> Res<Vec<Vec<Part>>> {
+        let trimmed = arg.trim_start();
+        if !(trimmed.starts_with("{\"IfPresent\"") || trimmed.starts_with("{\"Concat\"")) {
+            return Ok(vec![self.placeholders(arg, outputs)?]);
+        }
+        let v: Value = serde_json::from_str(arg)
+            .map_err(|e| format!("IfPresent or Concat placeholder is not JSON: {e}"))?;
+        self.structured(&v, outputs)
+    }
+
+    fn structured(&self, v: &Value, outputs: &Outputs) -> Res<Vec<Vec<Part>>> {
+        let list = |v: Option<&Value>| -> Res<Vec<Vec<Part>>> {
+            let mut out = Vec::new();
+            match v {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        out.extend(self.structured(item, outputs)?);
+                    }
+                }
+                Some(one) => out.extend(self.structured(one, outputs)?),
+            }
+            Ok(out)
+        };
+        match v {
+            Value::String(s) => Ok(vec![self.placeholders(s, outputs)?]),
+            Value::Object(m) if m.contains_key("Concat") => {
+                let Some(Value::Array(items)) = m.get("Concat") else {
+                    return Err("a Concat placeholder needs a list".to_string());
+                };
+                let mut joined = Vec::new();
+                for item in items {
+                    joined.extend(self.structured(item, outputs)?.into_iter().flatten());
+                }
+                Ok(vec![joined])
+            }
+            Value::Object(m) if m.contains_key("IfPresent") => {
+                let cond = &m["IfPresent"];
+                let name = text(cond, &["InputName"])
+                    .ok_or("an IfPresent placeholder needs `InputName`")?;
+                let present = self.params.contains_key(name) || self.artifacts.contains_key(name);
+                list(cond.get(if present { "Then" } else { "Else" }))
+            }
+            other => Err(format!(
+                "unsupported structured placeholder `{other}`: expected IfPresent or Concat"
+            )),
+        }
+    }
+
     /// Translates the KFP placeholders of one command-line argument.
     fn placeholders(&self, arg: &str, outputs: &Outputs) -> Res<Vec<Part>> {
-        if arg.trim_start().starts_with("{\"IfPresent\"")
-            || arg.trim_start().starts_with("{\"Concat\"")
-        {
-            return Err("IfPresent and Concat placeholders are not supported yet".to_string());
-        }
         let mut parts = Vec::new();
         let mut rest = arg;
         while let Some(start) = rest.find("{{$") {
@@ -1467,6 +1691,12 @@ mod tests {
             "structs",
             "importer",
             "nested",
+            "nested-loops",
+            "fan-in",
+            "metadata",
+            "placeholders",
+            "options",
+            "input-artifacts",
         ] {
             let p = imported(name).pipeline;
             let json = serde_json::to_value(&p).unwrap();
@@ -1482,9 +1712,18 @@ mod tests {
         let Command::Argv(argv) = &p.steps["evaluate"].run else {
             panic!("argv")
         };
-        let srcs: Vec<&str> = argv.iter().take(7).map(Template::source).collect();
+        let srcs: Vec<&str> = argv.iter().take(9).map(Template::source).collect();
         assert_eq!(srcs[0], "sh");
-        assert_eq!(&srcs[3..6], ["sh", "{{ outputs.metrics }}", "--"]);
+        assert_eq!(srcs[3], "sh");
+        assert_eq!(
+            &srcs[5..9],
+            [
+                "{{ outputs.executor-output }}",
+                "metrics",
+                "{{ outputs.metrics }}",
+                "--"
+            ]
+        );
         assert_eq!(p.steps["train"].outputs.artifacts["model"], "Model");
     }
 
@@ -1517,6 +1756,57 @@ mod tests {
             capstan_spec::parse_native("name: n\nsteps:\n  a: {run: [echo], image: x}\n", "n.yaml")
                 .unwrap();
         assert!(host_notes(&native).is_empty());
+    }
+
+    #[test]
+    fn nested_loops_become_one_loop_over_every_pair() {
+        let p = imported("nested-loops").pipeline;
+        let items = |step: &str| match &p.steps[step].for_each.as_ref().unwrap().items {
+            ForEachItems::Literal(items) => items.clone(),
+            ForEachItems::Ref(t) => panic!("{step}: {}", t.source()),
+        };
+        let pairs = items("for-loop-2/for-loop-4/add");
+        assert_eq!(pairs.len(), 6);
+        assert_eq!(
+            pairs[1],
+            serde_json::json!({"pipelinechannel--loop-item-param-1": 1, "pipelinechannel--loop-item-param-3": 20})
+        );
+        assert_eq!(
+            p.steps["for-loop-2/for-loop-4/add"].inputs.parameters["a"].source(),
+            "{{ item.pipelinechannel--loop-item-param-1 }}"
+        );
+        // The inner items are a field of the outer item.
+        assert_eq!(items("for-loop-6/for-loop-7/say").len(), 2);
+    }
+
+    #[test]
+    fn if_present_and_concat_expand_at_import() {
+        let p = imported("placeholders").pipeline;
+        let argv = |step: &str| match &p.steps[step].run {
+            Command::Argv(a) => a
+                .iter()
+                .skip(4)
+                .map(|t| t.source().to_string())
+                .collect::<Vec<_>>(),
+            Command::Shell(_) => panic!("argv"),
+        };
+        assert_eq!(argv("greet"), ["name={{ inputs.name }}!", "greeting", "hi"]);
+        assert_eq!(argv("greet-2"), ["name={{ inputs.name }}!", "no-greeting"]);
+    }
+
+    #[test]
+    fn cache_key_and_input_artifacts() {
+        let p = imported("options").pipeline;
+        assert_eq!(
+            p.steps["env-and-key"].cache_key.as_deref(),
+            Some("fixed-key")
+        );
+        let p = imported("input-artifacts").pipeline;
+        assert_eq!(p.params["data"].ty, ParamType::String);
+        assert_eq!(
+            p.steps["read-text"].inputs.artifacts["data"].source(),
+            "{{ steps.inputs/data.outputs.artifact }}"
+        );
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub struct Step {
     /// `false` turns caching off for this step.
     #[serde(default = "yes")]
     pub cache: bool,
+    /// A key chosen by the author that replaces the inputs, command and environment in the
+    /// step's cache key: any run of this step with the same key reuses the cached outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
     #[serde(default)]
     pub resources: Resources,
     /// Where the step is declared, for error messages.

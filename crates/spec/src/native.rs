@@ -807,6 +807,7 @@ impl Conv {
             retries: RetryPolicy::default(),
             timeout: None,
             cache: true,
+            cache_key: None,
             resources: Resources::default(),
             pos: e.key_pos,
         };

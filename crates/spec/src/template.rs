@@ -6,7 +6,9 @@
 //!
 //! A placeholder may end in filters that change how its value is written: `{{ inputs.x | json }}`
 //! writes the value as JSON (a string quoted and escaped), so that a template can build a JSON
-//! document; `{{ run.status | upper }}` writes text in upper case. Filters apply left to right.
+//! document; `{{ run.status | upper }}` writes text in upper case; `{{ inputs.data | artifacts }}`
+//! describes an artifact input as a list of `{"uri", "metadata"}` objects (one per artifact, so a
+//! fan-in lists every iteration's). Filters apply left to right.
 
 use std::fmt;
 
@@ -56,6 +58,11 @@ pub enum Filter {
     Json,
     /// `upper`: the text in upper case.
     Upper,
+    /// `artifacts`: an artifact reference as a list of `{"uri": PATH, "metadata": {...}}`
+    /// objects, one per artifact (a fan-in has one per iteration). Only the caller of
+    /// [`Template::render_with`] knows artifact metadata, so it supplies this value; the filter
+    /// must come first.
+    Artifacts,
 }
 
 impl Filter {
@@ -63,6 +70,7 @@ impl Filter {
         match name {
             "json" => Some(Filter::Json),
             "upper" => Some(Filter::Upper),
+            "artifacts" => Some(Filter::Artifacts),
             _ => None,
         }
     }
@@ -71,6 +79,7 @@ impl Filter {
         match self {
             Filter::Json => "json",
             Filter::Upper => "upper",
+            Filter::Artifacts => "artifacts",
         }
     }
 
@@ -78,6 +87,7 @@ impl Filter {
         match self {
             Filter::Json => Value::String(v.to_string()),
             Filter::Upper => Value::String(value_to_text(&v).to_uppercase()),
+            Filter::Artifacts => v,
         }
     }
 }
@@ -149,7 +159,7 @@ impl Template {
                     Filter::parse(f.trim()).ok_or_else(|| TemplateError {
                         offset: base + start,
                         message: format!(
-                            "unknown filter `{}` in `{{{{{}}}}}`: expected json or upper",
+                            "unknown filter `{}` in `{{{{{}}}}}`: expected json, upper or artifacts",
                             f.trim(),
                             &after[..end]
                         ),
@@ -252,17 +262,37 @@ impl Template {
 
     /// Renders the template to text. Strings render raw, other values as compact JSON.
     pub fn render<E>(&self, mut lookup: impl FnMut(&Ref) -> Result<Value, E>) -> Result<String, E> {
+        self.render_with(|r, _| lookup(r))
+    }
+
+    /// Like [`Template::render`], with a lookup that is also told whether the placeholder asks
+    /// for the artifact description (the `artifacts` filter) rather than the value.
+    pub fn render_with<E>(
+        &self,
+        mut lookup: impl FnMut(&Ref, bool) -> Result<Value, E>,
+    ) -> Result<String, E> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Ref { r, filters, .. } => {
-                    let v = filters.iter().try_fold(lookup(r)?, |v, f| Ok(f.apply(v)))?;
+                    let described = filters.first() == Some(&Filter::Artifacts);
+                    let v = filters
+                        .iter()
+                        .try_fold(lookup(r, described)?, |v, f| Ok(f.apply(v)))?;
                     out.push_str(&value_to_text(&v));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The references that ask for the artifact description (`| artifacts`).
+    pub fn described_refs(&self) -> impl Iterator<Item = &Ref> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Ref { r, filters, .. } if filters.first() == Some(&Filter::Artifacts) => Some(r),
+            _ => None,
+        })
     }
 
     /// Evaluates the template to a value: a single placeholder keeps the value's type, anything
@@ -462,6 +492,27 @@ mod tests {
         ]);
         assert_eq!(t.source(), "--in={{ inputs.x }} {{ inputs.y | json }}");
         assert_eq!(Template::parse(t.source()).unwrap().parts(), t.parts());
+    }
+
+    #[test]
+    fn the_artifacts_filter_asks_the_lookup_for_the_description() {
+        let t =
+            Template::parse(r#"{"a": {{ inputs.d | artifacts | json }}, "p": "{{ inputs.d }}"}"#)
+                .unwrap();
+        assert_eq!(t.described_refs().count(), 1);
+        let out = t
+            .render_with(|_, described| -> Result<Value, ()> {
+                Ok(if described {
+                    serde_json::json!([{"uri": "/p", "metadata": {"rows": 4}}])
+                } else {
+                    serde_json::json!("/p")
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"a": [{"uri":"/p","metadata":{"rows":4}}], "p": "/p"}"#
+        );
     }
 
     #[test]
