@@ -656,6 +656,8 @@ fn preview_kind(artifact: &ArtifactRecord, name: &str, head: &[u8]) -> &'static 
     match artifact.type_name.as_str() {
         "Metrics" | "system.Metrics" => return "metrics",
         "ClassificationMetrics" | "system.ClassificationMetrics" => return "classification",
+        "Markdown" | "system.Markdown" => return "markdown",
+        "HTML" | "system.HTML" => return "html",
         _ => {}
     }
     let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
@@ -686,9 +688,24 @@ fn preview_kind(artifact: &ArtifactRecord, name: &str, head: &[u8]) -> &'static 
         || trimmed.starts_with("<html")
     {
         "html"
+    } else if looks_like_csv(text) {
+        "csv"
     } else {
         "text"
     }
+}
+
+/// Two or more lines with the same number (at least one) of commas or tabs.
+fn looks_like_csv(text: &str) -> bool {
+    let mut lines = text.lines().take(5);
+    let Some(first) = lines.next() else {
+        return false;
+    };
+    let sep = if first.contains('\t') { '\t' } else { ',' };
+    let count = |l: &str| l.matches(sep).count();
+    let want = count(first);
+    let rest: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    want > 0 && !rest.is_empty() && rest.iter().all(|l| count(l) == want)
 }
 
 async fn artifact_preview(
