@@ -11,4 +11,5 @@ mod kfp;
 mod quickstart;
 mod resume;
 mod tracking_python;
+mod ui;
 mod validation;

@@ -70,6 +70,8 @@ async function render() {
   cleanup.forEach((f) => f());
   cleanup = [];
   live.textContent = "";
+  delete main.dataset.renderMs;
+  delete main.dataset.points;
   const path = decodeURIComponent(location.pathname);
   const q = new URLSearchParams(location.search);
   for (const [re, page, nav] of routes) {
