@@ -240,6 +240,16 @@ fn dag(run: &RunRecord, tasks: &[TaskRecord]) -> Value {
     if let Ok(pipeline) =
         serde_json::from_value::<capstan_spec::Pipeline>(run.pipeline_spec.clone())
     {
+        // Exit handlers run after every main step: draw them after the main steps that
+        // nothing else waits for.
+        let waited_on: std::collections::BTreeSet<&str> =
+            pipeline.steps.values().flat_map(|s| s.upstream()).collect();
+        let sinks: Vec<&str> = pipeline
+            .steps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !waited_on.contains(name))
+            .collect();
         for step in pipeline.all_steps() {
             let of_step = by_step.get(step.name.as_str()).cloned().unwrap_or_default();
             seen.insert(step.name.clone());
@@ -249,8 +259,14 @@ fn dag(run: &RunRecord, tasks: &[TaskRecord]) -> Value {
                 "finally": pipeline.is_finally(&step.name),
                 "tasks": of_step.iter().map(|t| &t.name).collect::<Vec<_>>(),
             }));
-            for up in step.upstream() {
+            let upstream = step.upstream();
+            for up in &upstream {
                 edges.push(json!({"from": up, "to": step.name}));
+            }
+            if upstream.is_empty() && pipeline.is_finally(&step.name) {
+                for sink in &sinks {
+                    edges.push(json!({"from": sink, "to": step.name, "finally": true}));
+                }
             }
         }
     }

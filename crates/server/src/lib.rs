@@ -11,6 +11,8 @@
 //! an endpoint capstan does not serve gets a clear error instead of an HTML page.
 
 pub mod api;
+#[cfg(test)]
+mod api_tests;
 pub mod ui;
 
 use std::net::SocketAddr;
