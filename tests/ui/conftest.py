@@ -75,6 +75,7 @@ class Capstan:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _require(reason):
