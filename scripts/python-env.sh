@@ -13,13 +13,15 @@ PACKAGES=(
   # The kfp SDK: tests/kfp.rs compiles examples/kfp/pipelines.py with it, and the Python
   # components of those pipelines run kfp's executor. The version the examples were compiled with.
   "kfp==2.17.3"
+  # The browser suite (tests/ui/) drives Debian's chromium with it; it never downloads a browser.
+  "playwright==1.65.2"
 )
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("mlflow") != "3.17.2")' 2>/dev/null \
-  && "$VENV/bin/python" -c 'import sklearn, pytest, kfp' 2>/dev/null; then
+  && "$VENV/bin/python" -c 'import sklearn, pytest, kfp, playwright' 2>/dev/null; then
   exit 0
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"

@@ -221,6 +221,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let ws = cli.workspace().await?;
             let state = capstan_server::ServerState {
                 store: ws.store.clone(),
+                artifacts: ws.artifacts.clone(),
                 files: ws.artifacts.tracking_files()?,
             };
             let shutdown = async {

@@ -13,4 +13,5 @@ mod resume;
 mod tracking_link;
 mod tracking_load;
 mod tracking_python;
+mod ui;
 mod validation;

@@ -2,10 +2,18 @@
 //!
 //! - the MLflow-compatible tracking API and artifact proxy (`capstan-tracking`);
 //! - `GET /health` (the store answers) and `GET /version`;
-//! - `GET /metrics`, Prometheus text: request counts and latencies by route and status.
+//! - `GET /metrics`, Prometheus text: request counts and latencies by route and status;
+//! - capstan's own JSON API under `/api/v1` ([`api`]), documented at `/api/v1/openapi.json`;
+//! - the web UI ([`ui`]): static files embedded in the binary, `index.html` for every other
+//!   path so that deep links into the UI work.
 //!
 //! Unknown `/api` paths answer MLflow's `404 ENDPOINT_NOT_FOUND` body, so a client that calls
 //! an endpoint capstan does not serve gets a clear error instead of an HTML page.
+
+pub mod api;
+#[cfg(test)]
+mod api_tests;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -22,10 +30,12 @@ use capstan_tracking::Tracking;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
-/// What the server reads from: the store and the tracking artifact files.
+/// What the server reads from: the store, the artifact store (artifacts and task logs) and the
+/// tracking artifact files.
 #[derive(Clone)]
 pub struct ServerState {
     pub store: DynStore,
+    pub artifacts: capstan_artifacts::ArtifactStore,
     pub files: capstan_artifacts::TrackingFiles,
 }
 
@@ -53,9 +63,10 @@ pub fn app(state: ServerState) -> Router {
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/metrics", get(render_metrics))
+        .merge(api::routes())
         .with_state(state)
         .merge(tracking)
-        .fallback(not_found)
+        .fallback(ui::serve)
         .layer(middleware::from_fn(record_request))
 }
 
@@ -85,7 +96,8 @@ async fn render_metrics() -> Response {
         .into_response()
 }
 
-async fn not_found(request: Request) -> Response {
+/// MLflow's answer to an unknown API path.
+pub(crate) fn not_found(request: &Request) -> Response {
     let body = json!({
         "error_code": "ENDPOINT_NOT_FOUND",
         "message": format!("no endpoint {} {}", request.method(), request.uri().path()),

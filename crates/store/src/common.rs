@@ -77,6 +77,28 @@ pub(crate) fn escape_like(text: &str) -> String {
     out
 }
 
+/// The `WHERE` clause of [`RunFilter`](crate::RunFilter) queries: `$1` pipeline name, `$2`
+/// status, `$3` created at or after, `$4` created before.
+pub(crate) const RUN_FILTER_WHERE: &str = "WHERE ($1 IS NULL OR p.name = $1) \
+     AND ($2 IS NULL OR r.status = $2) AND ($3 IS NULL OR r.created_at >= $3) \
+     AND ($4 IS NULL OR r.created_at < $4)";
+
+/// The `ORDER BY` of a run listing. Columns come from a closed set, never from user text.
+/// Unset times sort last whichever the direction.
+pub(crate) fn run_order(filter: &crate::RunFilter) -> String {
+    use crate::RunSort;
+    let dir = if filter.ascending { "ASC" } else { "DESC" };
+    let key = match filter.sort {
+        RunSort::Created => return format!("r.created_at {dir}, r.seq {dir}"),
+        RunSort::Started => "r.started_at",
+        RunSort::Ended => "r.ended_at",
+        RunSort::Duration => "(r.ended_at - r.started_at)",
+        RunSort::Pipeline => "p.name",
+        RunSort::Status => "r.status",
+    };
+    format!("CASE WHEN {key} IS NULL THEN 1 ELSE 0 END, {key} {dir}, r.created_at DESC, r.seq DESC")
+}
+
 macro_rules! run_select {
     () => {
         "SELECT r.id, r.pipeline_id, p.name AS pipeline_name, p.digest AS pipeline_digest, \
@@ -652,21 +674,68 @@ macro_rules! store_impl {
             }
 
             async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-                let rows: Vec<RunRow> = sqlx::query_as(concat!(
+                let sql = format!(
+                    "{} {} ORDER BY {} LIMIT $5 OFFSET $6",
                     run_select!(),
-                    " WHERE ($1 IS NULL OR p.name = $1) AND ($2 IS NULL OR r.status = $2) \
-                     AND ($3 IS NULL OR r.created_at >= $3) \
-                     ORDER BY r.created_at DESC, r.seq DESC LIMIT $4 OFFSET $5"
-                ))
-                .bind(filter.pipeline.as_deref())
-                .bind(filter.status.map(RunStatus::as_str))
-                .bind(filter.created_after)
-                .bind(filter.limit.map_or(i64::MAX, i64::from))
-                .bind(i64::from(filter.offset.unwrap_or(0)))
-                .fetch_all(&self.pool)
-                .await
-                .ctx("listing runs")?;
+                    $crate::common::RUN_FILTER_WHERE,
+                    $crate::common::run_order(filter),
+                );
+                let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.pipeline.as_deref())
+                    .bind(filter.status.map(RunStatus::as_str))
+                    .bind(filter.created_after)
+                    .bind(filter.created_before)
+                    .bind(filter.limit.map_or(i64::MAX, i64::from))
+                    .bind(i64::from(filter.offset.unwrap_or(0)))
+                    .fetch_all(&self.pool)
+                    .await
+                    .ctx("listing runs")?;
                 rows.into_iter().map(RunRow::into_record).collect()
+            }
+
+            async fn count_runs(&self, filter: &RunFilter) -> Result<u64> {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM runs r JOIN pipelines p ON p.id = r.pipeline_id {}",
+                    $crate::common::RUN_FILTER_WHERE,
+                );
+                let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.pipeline.as_deref())
+                    .bind(filter.status.map(RunStatus::as_str))
+                    .bind(filter.created_after)
+                    .bind(filter.created_before)
+                    .fetch_one(&self.pool)
+                    .await
+                    .ctx("counting runs")?;
+                Ok(count.max(0) as u64)
+            }
+
+            async fn counts(&self) -> Result<$crate::StoreCounts> {
+                let by_status: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status")
+                        .fetch_all(&self.pool)
+                        .await
+                        .ctx("counting runs by status")?;
+                let (pipelines, artifacts, experiments, models): (i64, i64, i64, i64) =
+                    sqlx::query_as(
+                        "SELECT (SELECT COUNT(DISTINCT name) FROM pipelines), \
+                         (SELECT COUNT(*) FROM artifacts), \
+                         (SELECT COUNT(*) FROM experiments WHERE lifecycle_stage = 'active'), \
+                         (SELECT COUNT(*) FROM registered_models)",
+                    )
+                    .fetch_one(&self.pool)
+                    .await
+                    .ctx("counting records")?;
+                let count = |n: i64| n.max(0) as u64;
+                Ok($crate::StoreCounts {
+                    runs_by_status: by_status
+                        .into_iter()
+                        .map(|(status, n)| (status, count(n)))
+                        .collect(),
+                    pipelines: count(pipelines),
+                    artifacts: count(artifacts),
+                    experiments: count(experiments),
+                    registered_models: count(models),
+                })
             }
 
             async fn set_run_status(

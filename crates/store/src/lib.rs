@@ -175,8 +175,59 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     /// Only runs created at or after this time.
     pub created_after: Option<Millis>,
+    /// Only runs created before this time.
+    pub created_before: Option<Millis>,
+    /// The sort column; ties break on creation order.
+    pub sort: RunSort,
+    /// Oldest (smallest) first instead of newest (largest) first.
+    pub ascending: bool,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+}
+
+/// The columns runs can be sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunSort {
+    #[default]
+    Created,
+    Started,
+    Ended,
+    Duration,
+    Pipeline,
+    Status,
+}
+
+impl FromStr for RunSort {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "created" => RunSort::Created,
+            "started" => RunSort::Started,
+            "ended" => RunSort::Ended,
+            "duration" => RunSort::Duration,
+            "pipeline" => RunSort::Pipeline,
+            "status" => RunSort::Status,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "unknown sort `{other}` (expected created, started, ended, duration, pipeline or status)"
+                )));
+            }
+        })
+    }
+}
+
+/// How many of each kind of record the store holds, for an overview page.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreCounts {
+    /// Pipeline runs by status; statuses without runs are absent.
+    pub runs_by_status: BTreeMap<String, u64>,
+    /// Distinct pipeline names.
+    pub pipelines: u64,
+    pub artifacts: u64,
+    /// Active experiments.
+    pub experiments: u64,
+    pub registered_models: u64,
 }
 
 /// Recorded when a task attempt starts. Upserts the task row keyed by `(run_id, name)`.
@@ -338,8 +389,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Resolves a unique prefix of a run id (at least 4 characters) to the full id.
     async fn resolve_run_id(&self, prefix: &str) -> Result<String>;
-    /// Newest first.
+    /// Newest first unless the filter sorts otherwise.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    /// How many runs match the filter, ignoring its limit and offset.
+    async fn count_runs(&self, filter: &RunFilter) -> Result<u64>;
+    /// Record counts for an overview, in one query.
+    async fn counts(&self) -> Result<StoreCounts>;
     /// Sets the status; `running` sets `started_at` (first time only), terminal statuses set
     /// `ended_at`.
     async fn set_run_status(

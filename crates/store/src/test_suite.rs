@@ -37,6 +37,7 @@ macro_rules! store_test_suite {
             run_updates_of_unknown_run_are_not_found,
             resolve_run_id_by_exact_id_and_prefix,
             list_runs_newest_first_with_filters,
+            list_runs_sorts_bounds_and_counts,
             task_started_upserts_and_records_inputs,
             task_retry_keeps_id_and_does_not_duplicate_inputs,
             task_started_rejects_unknown_run_and_artifact,
@@ -487,7 +488,7 @@ pub async fn list_runs_newest_first_with_filters(store: DynStore) {
         status: Some(RunStatus::Pending),
         created_after: Some(1),
         limit: Some(10),
-        offset: None,
+        ..RunFilter::default()
     };
     assert_eq!(
         listed(store.list_runs(&filter).await.unwrap()),
@@ -499,6 +500,95 @@ pub async fn list_runs_newest_first_with_filters(store: DynStore) {
         ..RunFilter::default()
     };
     assert!(store.list_runs(&filter).await.unwrap().is_empty());
+    assert_eq!(store.count_runs(&filter).await.unwrap(), 0);
+}
+
+pub async fn list_runs_sorts_bounds_and_counts(store: DynStore) {
+    let ids: Vec<String> = (1..=4).map(|n| run_id("s1", n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let pipeline = ["b", "a", "c", "a"][n];
+        store
+            .create_run(new_run(id, pipeline, 1_000 * (n as i64 + 1)))
+            .await
+            .unwrap();
+    }
+    // Durations: run 0 takes 50 ms, run 2 takes 10 ms; runs 1 and 3 never ended.
+    for (i, start, end) in [(0, 1_000, 1_050), (2, 3_000, 3_010)] {
+        store
+            .set_run_status(&ids[i], RunStatus::Running, None, start)
+            .await
+            .unwrap();
+        store
+            .set_run_status(&ids[i], RunStatus::Failed, None, end)
+            .await
+            .unwrap();
+    }
+    let listed = |runs: Vec<crate::RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let sorted = |sort: crate::RunSort, ascending: bool| RunFilter {
+        sort,
+        ascending,
+        ..RunFilter::default()
+    };
+
+    let oldest_first = sorted(crate::RunSort::Created, true);
+    assert_eq!(
+        listed(store.list_runs(&oldest_first).await.unwrap()),
+        ids.clone()
+    );
+    // Ties on the pipeline name break newest first.
+    let by_pipeline = sorted(crate::RunSort::Pipeline, true);
+    assert_eq!(
+        listed(store.list_runs(&by_pipeline).await.unwrap()),
+        vec![
+            ids[3].clone(),
+            ids[1].clone(),
+            ids[0].clone(),
+            ids[2].clone()
+        ]
+    );
+    // Runs that never ended sort last in both directions.
+    let shortest = sorted(crate::RunSort::Duration, true);
+    assert_eq!(
+        listed(store.list_runs(&shortest).await.unwrap()),
+        vec![
+            ids[2].clone(),
+            ids[0].clone(),
+            ids[3].clone(),
+            ids[1].clone()
+        ]
+    );
+    let longest = sorted(crate::RunSort::Duration, false);
+    assert_eq!(
+        listed(store.list_runs(&longest).await.unwrap())[..2],
+        [ids[0].clone(), ids[2].clone()]
+    );
+
+    let window = RunFilter {
+        created_after: Some(2_000),
+        created_before: Some(4_000),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(store.list_runs(&window).await.unwrap()),
+        vec![ids[2].clone(), ids[1].clone()]
+    );
+    let failed_a_page = RunFilter {
+        status: Some(RunStatus::Failed),
+        limit: Some(1),
+        ..RunFilter::default()
+    };
+    assert_eq!(store.list_runs(&failed_a_page).await.unwrap().len(), 1);
+    assert_eq!(store.count_runs(&failed_a_page).await.unwrap(), 2);
+    assert_eq!(store.count_runs(&RunFilter::default()).await.unwrap(), 4);
+
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.runs_by_status.get("failed"), Some(&2));
+    assert_eq!(counts.runs_by_status.get("pending"), Some(&2));
+    assert_eq!(counts.pipelines, 3);
+    assert_eq!(counts.artifacts, 0);
+    assert_eq!(counts.registered_models, 0);
+    // The Default experiment and one per pipeline.
+    assert_eq!(counts.experiments, 4);
 }
 
 /// Makes a run in which task `producer` produced artifact `artifact_id` as output `data`.
