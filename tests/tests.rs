@@ -9,6 +9,7 @@ mod features;
 mod inspect;
 mod kfp;
 mod quickstart;
+mod ray;
 mod resume;
 mod tracking_python;
 mod validation;

@@ -45,6 +45,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// The name of the hidden subcommand that runs an envelope.
 pub const STEP_EXEC: &str = "step-exec";
 
+/// Set in the environment of every step that `capstan step-exec` runs, so that an orchestrator
+/// on the same machine (a one-machine Ray cluster) can tell the processes of remote jobs, which
+/// outlive it and are re-attached to, from its own leftover steps, which it kills on resume.
+pub const WORKER_ENV: &str = "CAPSTAN_REMOTE_WORKER";
+
 /// Output parameters larger than this fail the attempt instead of travelling in the result
 /// document.
 pub const MAX_PARAMETER_BYTES: u64 = 4 * 1024 * 1024;
@@ -407,6 +412,7 @@ async fn run_in(
             .env
             .iter()
             .map(|(k, v)| (k.clone(), rewrite.text(v)))
+            .chain([(WORKER_ENV.to_string(), "1".to_string())])
             .collect(),
         workdir: rewrite.path(&envelope.workdir),
         timeout: envelope.timeout_ms.map(Duration::from_millis),
