@@ -15,13 +15,16 @@ url="http://127.0.0.1:${port}"
 
 log() { echo "ray-head: $*" >&2; }
 
-answers() { curl -fsS --max-time 2 "$url/api/version" >/dev/null 2>&1; }
+answers() {
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "$url/api/version" >/dev/null 2>&1
+}
 
+if [ ! -x "$VENV/bin/ray" ]; then
+    log "no ray in $VENV; run scripts/python-env.sh first"
+    exit 1
+fi
 if ! answers; then
-    if [ ! -x "$VENV/bin/ray" ]; then
-        log "no ray in $VENV; run scripts/python-env.sh first"
-        exit 1
-    fi
     log "starting a Ray head (dashboard $url)"
     # The head's processes inherit this PATH, so jobs find the venv's python like the tests do.
     PATH="$VENV/bin:$PATH" "$VENV/bin/ray" start --head --num-cpus=2 \

@@ -390,3 +390,19 @@ fn an_unreachable_ray_head_fails_before_the_run_starts() {
     assert!(run.stderr.contains("RAY_ADDRESS"), "{}", run.stderr);
     assert_eq!(first_run_id(&dir), None, "no run may be recorded");
 }
+
+#[test]
+fn step_exec_refuses_an_envelope_it_cannot_read() {
+    let dir = Dir::new();
+    let run = dir.run(&["step-exec", "--envelope", "bm90IGpzb24"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("capstan step-exec: the envelope is not a valid step description"),
+        "{}",
+        run.stderr
+    );
+    // Hidden: users do not see it in the help.
+    let help = dir.run(&["--help"]);
+    assert!(!help.stdout.contains("step-exec"), "{}", help.stdout);
+}

@@ -11,5 +11,6 @@ mod kfp;
 mod quickstart;
 mod ray;
 mod resume;
+mod s3;
 mod tracking_python;
 mod validation;
