@@ -9,7 +9,7 @@
 # - fanout: one `for_each` step over FANOUT items (default 40), parallelism 8: steps per second.
 #
 # Starts a local head with scripts/ray-head.sh when RAY_ADDRESS is not set. Prints medians over
-# REPEATS runs (default 3).
+# REPEATS runs (default 3). Uses a release build, or the binary at CAPSTAN_BIN when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats="${1:-3}"
@@ -17,8 +17,10 @@ chain="${2:-10}"
 fanout="${3:-40}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/capstan-target}"
 export RAY_ADDRESS="${RAY_ADDRESS:-$(scripts/ray-head.sh | tail -n 1)}"
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/capstan"
+if [ -z "${CAPSTAN_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+bin="${CAPSTAN_BIN:-$CARGO_TARGET_DIR/release/capstan}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
