@@ -1,5 +1,6 @@
 //! Pipelines whose artifacts live in S3 (a moto server on an ephemeral port): a 1 GiB artifact
-//! that streams through the engine in bounded memory, and a Ray pipeline whose steps hand their
+//! that streams through the engine in bounded memory (named `large_artifact_`: `scripts/test.sh` runs it
+//! alone, after the other tests), and a Ray pipeline whose steps hand their
 //! artifacts off through S3 with `capstan step-exec`.
 //!
 //! Skipped when `moto_server` is missing, unless `CAPSTAN_REQUIRE_S3=1` (as in CI); the Ray test
@@ -28,7 +29,7 @@ fn children_max_rss_kib() -> i64 {
 }
 
 #[test]
-fn a_1_gib_artifact_streams_through_s3_in_bounded_memory() {
+fn large_artifact_of_1_gib_streams_through_s3_in_bounded_memory() {
     let Some(moto) = moto::start() else { return };
     moto.create_bucket("big");
     let dir = Dir::new();
