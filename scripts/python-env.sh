@@ -15,12 +15,17 @@ PACKAGES=(
   "kfp==2.17.3"
   # The browser suite (tests/ui/) drives Debian's chromium with it; it never downloads a browser.
   "playwright==1.65.2"
+  # A local Ray head (scripts/ray-head.sh) for the Ray executor's tests, and the S3-compatible
+  # server (moto_server) for the artifact store's S3 tests.
+  "ray[default]==2.60.0"
+  "moto[server]==5.2.5"
 )
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("mlflow") != "3.17.2")' 2>/dev/null \
+  && "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("ray") != "2.60.0" or m.version("moto") != "5.2.5")' 2>/dev/null \
   && "$VENV/bin/python" -c 'import sklearn, pytest, kfp, playwright' 2>/dev/null; then
   exit 0
 fi

@@ -1,67 +1,16 @@
-//! The artifact store against an S3-compatible server (moto), configured the way users configure
-//! MinIO: `AWS_ENDPOINT` and `AWS_ALLOW_HTTP`. Skipped, saying so, when `moto_server` is not
-//! installed (`pip install "moto[server]"`).
+//! The artifact store against an S3-compatible server (moto, see `support/moto.rs`), configured
+//! the way users configure MinIO: `AWS_ENDPOINT` and `AWS_ALLOW_HTTP`. Skipped, saying so, when
+//! `moto_server` is not installed, unless `CAPSTAN_REQUIRE_S3=1` (as in CI).
 //!
 //! This binary holds a single test because it sets process environment variables, which must not
 //! race with other threads reading them.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "support/moto.rs"]
+mod moto;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use capstan_artifacts::{ArtifactStore, hash_path};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_moto() -> Option<(Server, u16)> {
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = Server(child);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "moto_server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some((server, port))
-}
-
-/// Creates a bucket with a bare HTTP request; object stores have no bucket API.
-fn create_bucket(port: u16, bucket: &str) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        conn,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-}
 
 fn write(path: &Path, content: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -70,18 +19,15 @@ fn write(path: &Path, content: &[u8]) {
 
 #[test]
 fn s3_round_trips_files_directories_and_logs() {
-    let Some((_server, port)) = start_moto() else {
-        eprintln!("skipping: moto_server is not installed");
+    let Some(moto) = moto::start() else {
         return;
     };
-    create_bucket(port, "capstan-test");
+    moto.create_bucket("capstan-test");
     // SAFETY: this is the only test in this binary, and no other thread runs yet.
     unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"));
-        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        for (k, v) in moto.env() {
+            std::env::set_var(k, v);
+        }
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -123,5 +69,18 @@ fn s3_round_trips_files_directories_and_logs() {
         store.finish_log(&log, &uri).await.unwrap();
         std::fs::remove_file(&log).unwrap();
         assert_eq!(store.read_log(&uri).await.unwrap(), b"epoch 1\n");
+
+        // Result documents of remote workers live next to the logs.
+        let doc = store.result_uri("run-9", "train", 1).unwrap();
+        assert_eq!(
+            doc,
+            "s3://capstan-test/team/artifacts/logs/run-9/train.1.result.json"
+        );
+        assert!(matches!(
+            store.read_document(&doc).await,
+            Err(capstan_artifacts::ArtifactError::NotFound { .. })
+        ));
+        store.put_document(&doc, b"{}".to_vec()).await.unwrap();
+        assert_eq!(store.read_document(&doc).await.unwrap(), b"{}");
     });
 }

@@ -42,13 +42,15 @@ impl Endpoint {
                 stop: None,
             });
         }
-        let state = capstan_server::ServerState {
-            store: ws.store.clone(),
+        // The MLflow API alone: steps log through it; the UI and capstan's own API are
+        // `capstan server`'s.
+        let app = capstan_tracking::router(capstan_tracking::Tracking {
+            store: ws.store.tracking(),
             files: ws
                 .artifacts
                 .tracking_files()
                 .context("cannot open the tracking artifact files")?,
-        };
+        });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("cannot open a loopback port for the steps' tracking server")?;
@@ -56,7 +58,10 @@ impl Endpoint {
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            if let Err(e) = capstan_server::serve_listener(listener, state, shutdown).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::warn!(error = %e, "the steps' tracking server stopped");
             }
         });

@@ -1,13 +1,15 @@
 //! Running one attempt of one task.
 //!
 //! The engine decides *what* runs; an [`Executor`] decides *where*: a local process (the default,
-//! [`LocalExecutor`]), a container on Docker or Podman ([`ContainerExecutor`]), and later Ray jobs
-//! and Kubernetes jobs. Every executor receives a
+//! [`LocalExecutor`]), a container on Docker or Podman ([`ContainerExecutor`]), a Ray job
+//! ([`RayExecutor`], through the step wrapper of [`remote`]), and later Kubernetes jobs. Every executor receives a
 //! fully resolved [`TaskSpec`] and reports an [`Outcome`]; none of them touches the store, so the
 //! engine stays the only place that records state.
 
 mod container;
 mod local;
+mod ray;
+pub mod remote;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use container::{ContainerExecutor, DEFAULT_SOCKETS, PullPolicy, socket_path};
 pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
+pub use ray::{DEFAULT_RAY_ADDRESS, RayExecutor};
 
 /// One attempt of one task, with every template already resolved.
 #[derive(Debug, Clone)]
@@ -41,6 +44,9 @@ pub struct TaskSpec {
     /// that isolate the file system, such as containers, make them visible at the same paths; the
     /// local executor ignores them.
     pub mounts: Vec<PathBuf>,
+    /// Filled by the engine for executors whose [`Executor::handoff`] is true: the inputs and
+    /// outputs that pass through the artifact store (see [`remote`]).
+    pub handoff: Option<remote::Handoff>,
 }
 
 /// How an attempt ended.
@@ -136,6 +142,34 @@ pub trait Executor: Send + Sync {
     /// answers); the message says what to fix.
     async fn preflight(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// True when steps run where the engine's disk is not visible (Ray workers, pods): the engine
+    /// then fills [`TaskSpec::handoff`] and inputs and outputs pass through the artifact store
+    /// by way of `capstan step-exec` (see [`remote`]).
+    fn handoff(&self) -> bool {
+        false
+    }
+
+    /// The name of the remote job that will run this attempt, chosen before it is submitted. The
+    /// engine records it durably before calling [`run`](Self::run), so that after a crash
+    /// [`reattach`](Self::reattach) can find the job again instead of submitting it twice. `None`
+    /// for executors whose work dies with capstan (local processes).
+    fn remote_handle(&self, _spec: &TaskSpec) -> Option<String> {
+        None
+    }
+
+    /// Follows the job that an earlier capstan process submitted under `handle` to its end, as
+    /// [`run`](Self::run) would have. `None` when no such job exists (it was never submitted, or
+    /// it is gone): the engine then runs the attempt anew.
+    async fn reattach(
+        &self,
+        _spec: TaskSpec,
+        _handle: &str,
+        _cancel: CancellationToken,
+        _sink: Option<LogSink>,
+    ) -> Option<Outcome> {
+        None
     }
 
     /// Runs one attempt to its end. Never panics and never returns early: a failure to start is
