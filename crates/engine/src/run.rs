@@ -99,13 +99,14 @@ impl Engine {
         executors.insert("local".to_string(), Arc::new(LocalExecutor::default()));
         // The engine socket is only contacted when a step runs in a container; a bad
         // CONTAINER_HOST or DOCKER_HOST is reported then, naming the variable's value.
-        let container: Arc<dyn Executor> = match ContainerExecutor::from_env() {
-            Ok(c) => Arc::new(c),
-            Err(reason) => Arc::new(Unavailable {
-                name: "container",
-                reason,
-            }),
-        };
+        let container: Arc<dyn Executor> =
+            match ContainerExecutor::from_config(&ws.executors.container) {
+                Ok(c) => Arc::new(c),
+                Err(reason) => Arc::new(Unavailable {
+                    name: "container",
+                    reason,
+                }),
+            };
         executors.insert("container".to_string(), container);
         Engine {
             ws,
@@ -162,9 +163,13 @@ impl Engine {
         for step in pipeline.all_steps() {
             let name = self.executor_name(pipeline, step, options);
             if let Some(executor) = self.executors.get(name) {
-                if executor.needs_image() && step.image.is_none() {
+                if executor.needs_image()
+                    && step.image.is_none()
+                    && executor.default_image().is_none()
+                {
                     bail!(
-                        "step `{}`: the {name} executor needs an `image` for the step",
+                        "step `{}`: the {name} executor needs an `image` for the step \
+                         (or a default image in the workspace config)",
                         step.name
                     );
                 }
@@ -444,7 +449,18 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<Attempt> {
         let view = machine.task(task);
-        let step = view.step.clone();
+        let mut step = view.step.clone();
+        let executor = self
+            .executor_name(machine.pipeline(), &step, options)
+            .to_string();
+        // The executor's default image counts as the step's own: it goes into the cache key.
+        if step.image.is_none() {
+            step.image = self
+                .executors
+                .get(&executor)
+                .and_then(|e| e.default_image())
+                .map(String::from);
+        }
         let mut bindings = Vec::new();
         // The `for_each` source was consumed when the step expanded; resolving it again for
         // every iteration would copy the whole list once per item.
@@ -468,9 +484,6 @@ impl Engine {
                 .map_err(|e| anyhow!("cannot resolve `{{{{ {r} }}}}`: {e}"))?;
             bindings.push((r.clone(), b));
         }
-        let executor = self
-            .executor_name(machine.pipeline(), &step, options)
-            .to_string();
         Ok(Attempt {
             run_id: run_id.to_string(),
             task,
