@@ -313,29 +313,88 @@ impl ArtifactStore {
         task: &str,
         attempt: u32,
     ) -> Result<(PathBuf, String), ArtifactError> {
-        let run_segment = if run_id.contains('/') {
-            Err("a run id cannot contain '/'")
-        } else {
-            check_segment(run_id)
-        };
-        run_segment.map_err(|reason| ArtifactError::BadName {
-            what: "run id",
-            name: run_id.to_string(),
-            reason,
-        })?;
-        for segment in task.split('/') {
-            check_segment(segment).map_err(|reason| ArtifactError::BadName {
-                what: "task name",
-                name: task.to_string(),
-                reason,
-            })?;
-        }
-        let rel = format!("logs/{run_id}/{task}.{attempt}.log");
+        let rel = attempt_rel(run_id, task, attempt, "log")?;
         let local = self.log_file(&rel);
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent).map_err(|e| ArtifactError::io("create", parent, e))?;
         }
         Ok((local, self.join_uri(&rel)))
+    }
+
+    /// Where a remote worker leaves the result document of one task attempt:
+    /// `<root_url>/logs/<run_id>/<task>.<attempt>.result.json`, next to the attempt's log.
+    pub fn result_uri(
+        &self,
+        run_id: &str,
+        task: &str,
+        attempt: u32,
+    ) -> Result<String, ArtifactError> {
+        Ok(self.join_uri(&attempt_rel(run_id, task, attempt, "result.json")?))
+    }
+
+    /// Writes a small document (a result document) at a URI under `logs/`, replacing what was
+    /// there. On local disk the write is atomic (a temporary file renamed into place).
+    pub async fn put_document(&self, uri: &str, body: Vec<u8>) -> Result<(), ArtifactError> {
+        let rel = self.log_rel(uri)?;
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let path = root.join(&rel);
+                blocking(move || {
+                    let parent = path.parent().expect("a document has a parent directory");
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| ArtifactError::io("create", parent, e))?;
+                    let tmp = parent.join(fsio::unique_name("document"));
+                    std::fs::write(&tmp, &body).map_err(|e| ArtifactError::io("write", &tmp, e))?;
+                    std::fs::rename(&tmp, &path).map_err(|e| {
+                        fsio::remove_all(&tmp);
+                        ArtifactError::io("write", &path, e)
+                    })
+                })
+                .await
+            }
+            Backend::Remote { store, prefix } => {
+                let key = child_path(prefix, &rel);
+                store
+                    .put(&key, PutPayload::from(body))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ArtifactError::store(uri, e))
+            }
+        }
+    }
+
+    /// Reads a document written by [`put_document`](Self::put_document); `NotFound` when there is
+    /// none.
+    pub async fn read_document(&self, uri: &str) -> Result<Vec<u8>, ArtifactError> {
+        let rel = self.log_rel(uri)?;
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let path = root.join(&rel);
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(ArtifactError::NotFound {
+                            uri: uri.to_string(),
+                        })
+                    }
+                    Err(e) => Err(ArtifactError::io("read", &path, e)),
+                }
+            }
+            Backend::Remote { store, prefix } => {
+                let key = child_path(prefix, &rel);
+                match store.get(&key).await {
+                    Ok(got) => Ok(got
+                        .bytes()
+                        .await
+                        .map_err(|e| ArtifactError::store(uri, e))?
+                        .to_vec()),
+                    Err(object_store::Error::NotFound { .. }) => Err(ArtifactError::NotFound {
+                        uri: uri.to_string(),
+                    }),
+                    Err(e) => Err(ArtifactError::store(uri, e)),
+                }
+            }
+        }
     }
 
     /// Makes a finished log durable in the store: uploads it for object stores, and does nothing
@@ -558,6 +617,34 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .expect("artifact filesystem task panicked")
+}
+
+/// `logs/<run_id>/<task>.<attempt>.<suffix>`, after checking the run id and task name cannot
+/// escape their directory.
+fn attempt_rel(
+    run_id: &str,
+    task: &str,
+    attempt: u32,
+    suffix: &str,
+) -> Result<String, ArtifactError> {
+    let run_segment = if run_id.contains('/') {
+        Err("a run id cannot contain '/'")
+    } else {
+        check_segment(run_id)
+    };
+    run_segment.map_err(|reason| ArtifactError::BadName {
+        what: "run id",
+        name: run_id.to_string(),
+        reason,
+    })?;
+    for segment in task.split('/') {
+        check_segment(segment).map_err(|reason| ArtifactError::BadName {
+            what: "task name",
+            name: task.to_string(),
+            reason,
+        })?;
+    }
+    Ok(format!("logs/{run_id}/{task}.{attempt}.{suffix}"))
 }
 
 fn local_backend(root: PathBuf) -> Result<Backend, ArtifactError> {

@@ -336,6 +336,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         image: step.image.clone(),
         resources: serde_json::to_value(&step.resources)?,
         mounts: mounts(&ws.home, &a.base_dir, resolved.values()),
+        handoff: None,
     };
     let observer = env.observer.clone();
     let sink: LogSink = Arc::new(move |task: &str, chunk: &[u8]| observer.log(task, chunk));

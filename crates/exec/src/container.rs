@@ -801,6 +801,7 @@ mod tests {
             image: Some("localhost/img:1".into()),
             resources: json!({"cpu": 0.5, "memory": 1048576, "gpu": 1}),
             mounts: vec![PathBuf::from("/ws"), PathBuf::from("/ws/pipelines")],
+            handoff: None,
         }
     }
 

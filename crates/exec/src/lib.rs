@@ -9,6 +9,7 @@
 pub mod config;
 mod container;
 mod local;
+pub mod remote;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct TaskSpec {
     /// that isolate the file system, such as containers, make them visible at the same paths; the
     /// local executor ignores them.
     pub mounts: Vec<PathBuf>,
+    /// Filled by the engine for executors whose [`Executor::handoff`] is true: the inputs and
+    /// outputs that pass through the artifact store (see [`remote`]).
+    pub handoff: Option<remote::Handoff>,
 }
 
 /// How an attempt ended.
@@ -143,6 +147,34 @@ pub trait Executor: Send + Sync {
     /// answers); the message says what to fix.
     async fn preflight(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// True when steps run where the engine's disk is not visible (Ray workers, pods): the engine
+    /// then fills [`TaskSpec::handoff`] and inputs and outputs pass through the artifact store
+    /// by way of `capstan step-exec` (see [`remote`]).
+    fn handoff(&self) -> bool {
+        false
+    }
+
+    /// The name of the remote job that will run this attempt, chosen before it is submitted. The
+    /// engine records it durably before calling [`run`](Self::run), so that after a crash
+    /// [`reattach`](Self::reattach) can find the job again instead of submitting it twice. `None`
+    /// for executors whose work dies with capstan (local processes).
+    fn remote_handle(&self, _spec: &TaskSpec) -> Option<String> {
+        None
+    }
+
+    /// Follows the job that an earlier capstan process submitted under `handle` to its end, as
+    /// [`run`](Self::run) would have. `None` when no such job exists (it was never submitted, or
+    /// it is gone): the engine then runs the attempt anew.
+    async fn reattach(
+        &self,
+        _spec: TaskSpec,
+        _handle: &str,
+        _cancel: CancellationToken,
+        _sink: Option<LogSink>,
+    ) -> Option<Outcome> {
+        None
     }
 
     /// Runs one attempt to its end. Never panics and never returns early: a failure to start is

@@ -53,6 +53,7 @@ fn spec(dir: &Path, test: &str, script: &str) -> TaskSpec {
         image: Some(IMAGE.into()),
         resources: serde_json::Value::Null,
         mounts: vec![dir.to_path_buf()],
+        handoff: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn spec(dir: &Path, argv: &[&str]) -> TaskSpec {
         image: None,
         resources: serde_json::Value::Null,
         mounts: Vec::new(),
+        handoff: None,
     }
 }
 
