@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use capstan_exec::{ContainerExecutor, Executor, LocalExecutor};
+use capstan_exec::{ContainerExecutor, Executor, KubernetesExecutor, LocalExecutor};
 use capstan_plan::{Action, Machine, Outcome, Recorded, TaskId, TaskResult};
 use capstan_spec::{Pipeline, Value};
 use capstan_store::{NewRun, RunRecord, RunStatus, TaskFinish, TaskRecord, TaskStatus, now_millis};
@@ -108,6 +108,11 @@ impl Engine {
                 }),
             };
         executors.insert("container".to_string(), container);
+        // Contacts the cluster only in preflight, for runs that use it.
+        executors.insert(
+            "kubernetes".to_string(),
+            Arc::new(KubernetesExecutor::new(ws.executors.kubernetes.clone())),
+        );
         Engine {
             ws,
             executors,

@@ -8,6 +8,7 @@
 
 pub mod config;
 mod container;
+pub mod kubernetes;
 mod local;
 pub mod remote;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::ExecutorsConfig;
 pub use container::{ContainerExecutor, DEFAULT_SOCKETS, PullPolicy, socket_path};
+pub use kubernetes::KubernetesExecutor;
 pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
 
 /// One attempt of one task, with every template already resolved.
