@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "text")]
         output: GraphFormat,
     },
+    /// Runs one step where a remote executor placed it (a Ray worker, a pod): downloads its
+    /// inputs, runs it, uploads its outputs and writes its result document.
+    #[command(name = "step-exec", hide = true)]
+    StepExec {
+        /// The step, as the executor encoded it.
+        #[arg(long, env = "CAPSTAN_ENVELOPE")]
+        envelope: String,
+        /// Where the step's scratch directory is made (default: the system's temporary directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -254,6 +265,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 GraphFormat::Dot => print!("{}", graph.to_dot()),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::StepExec { envelope, scratch } => {
+            let scratch = scratch.clone().unwrap_or_else(std::env::temp_dir);
+            let code = capstan_exec::remote::worker_main(envelope, &scratch).await;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
     }
 }

@@ -10,6 +10,7 @@ mod inspect;
 mod kfp;
 mod kubernetes;
 mod quickstart;
+mod ray;
 mod resume;
 mod tracking_python;
 mod validation;

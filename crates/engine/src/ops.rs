@@ -39,7 +39,7 @@ pub fn owner_alive(owner: &str) -> bool {
 
 /// Kills processes left over from a run whose orchestrator died (kill -9, power loss): every
 /// step inherits `CAPSTAN_RUN_ID`, so its whole process tree can be found, grandchildren
-/// included. Called by resume before it runs the interrupted steps again. Returns how many
+/// included. Steps of remote jobs are spared: resume re-attaches to them. Called by resume before it runs the interrupted steps again. Returns how many
 /// processes were killed. Spawning steps without a death signal keeps the spawn on the fast
 /// path; this sweep pays the cost only when a run is resumed.
 pub(crate) fn kill_leftover_processes(run_id: &str) -> usize {
@@ -63,10 +63,13 @@ pub(crate) fn kill_leftover_processes(run_id: &str) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
+        let remote_worker = format!("{}=1", capstan_exec::remote::WORKER_ENV);
+        let mut vars = environ.split(|b| *b == 0);
+        // Steps of remote jobs (a Ray head on this machine) live on and are re-attached to.
+        if vars.clone().any(|var| var == remote_worker.as_bytes()) {
+            continue;
+        }
+        if vars.any(|var| var == needle.as_bytes()) {
             let target = nix::unistd::Pid::from_raw(pid as i32);
             if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
                 killed += 1;

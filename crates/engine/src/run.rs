@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use capstan_exec::{ContainerExecutor, Executor, KubernetesExecutor, LocalExecutor};
+use capstan_exec::{ContainerExecutor, Executor, KubernetesExecutor, LocalExecutor, RayExecutor};
 use capstan_plan::{Action, Machine, Outcome, Recorded, TaskId, TaskResult};
 use capstan_spec::{Pipeline, Value};
 use capstan_store::{NewRun, RunRecord, RunStatus, TaskFinish, TaskRecord, TaskStatus, now_millis};
@@ -108,6 +108,15 @@ impl Engine {
                 }),
             };
         executors.insert("container".to_string(), container);
+        // Like the engine socket, the Ray head is only contacted by runs that use it.
+        let ray: Arc<dyn Executor> = match RayExecutor::from_config(&ws.executors.ray) {
+            Ok(r) => Arc::new(r),
+            Err(reason) => Arc::new(Unavailable {
+                name: "ray",
+                reason,
+            }),
+        };
+        executors.insert("ray".to_string(), ray);
         // Contacts the cluster only in preflight, for runs that use it.
         executors.insert(
             "kubernetes".to_string(),
@@ -254,15 +263,29 @@ impl Engine {
             }
         }
         let mut history = Vec::with_capacity(tasks.len());
+        // Attempts whose remote job may outlive the orchestrator: they are launched again with
+        // the same attempt number, and re-attach to their job instead of submitting it twice.
+        let mut reattach: HashMap<String, (u32, String)> = HashMap::new();
         for t in &tasks {
+            let mut attempts = t.attempts;
             if t.status == TaskStatus::Running {
-                let msg = format!(
-                    "attempt {} was interrupted (orchestrator stopped); it runs again",
-                    t.attempts
-                );
+                let msg = match &t.remote_handle {
+                    Some(handle) => {
+                        reattach.insert(t.name.clone(), (t.attempts, handle.clone()));
+                        attempts = t.attempts.saturating_sub(1);
+                        format!(
+                            "attempt {} was interrupted (orchestrator stopped); re-attaching to its remote job {handle}",
+                            t.attempts
+                        )
+                    }
+                    None => format!(
+                        "attempt {} was interrupted (orchestrator stopped); it runs again",
+                        t.attempts
+                    ),
+                };
                 store.task_pending(run_id, &t.name, Some(&msg)).await?;
             }
-            history.push((t.name.clone(), recorded(t, retry_failed), t.attempts));
+            history.push((t.name.clone(), recorded(t, retry_failed), attempts));
         }
         if run.cancel_requested {
             store.clear_cancel(run_id).await?;
@@ -275,7 +298,9 @@ impl Engine {
         let pipeline = Arc::new(pipeline);
         let parallelism = options.parallelism.max(1);
         let machine = Machine::restore(pipeline.clone(), params, run_id, parallelism, history);
-        let result = self.run_loop(run_id, machine, &options, &mut cancel).await;
+        let result = self
+            .run_loop(run_id, machine, &options, &mut cancel, reattach)
+            .await;
         let _ = store.set_run_owner(run_id, None).await;
         result
     }
@@ -286,6 +311,7 @@ impl Engine {
         mut machine: Machine,
         options: &RunOptions,
         cancel: &mut watch::Receiver<u32>,
+        mut reattach: HashMap<String, (u32, String)>,
     ) -> Result<RunStatus> {
         let store = &self.ws.store;
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -301,8 +327,16 @@ impl Engine {
                     Action::Launch { task, attempt } => {
                         let token = CancellationToken::new();
                         tokens.insert(task, token.clone());
-                        let prepared =
-                            self.prepare(&machine, task, attempt, options, run_id, token);
+                        let handle = reattach
+                            .remove(machine.task(task).name)
+                            .filter(|(n, _)| *n == attempt)
+                            .map(|(_, handle)| handle);
+                        let prepared = self
+                            .prepare(&machine, task, attempt, options, run_id, token)
+                            .map(|p| Attempt {
+                                reattach: handle,
+                                ..p
+                            });
                         let tx = tx.clone();
                         let ctx = self.task_env();
                         match prepared {
@@ -501,6 +535,7 @@ impl Engine {
             executor,
             base_dir: options.base_dir.clone(),
             cancel,
+            reattach: None,
         })
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use capstan_exec::remote::{Handoff, HandoffInput, HandoffOutput, OutputKind, StepResult};
 use capstan_exec::{Executor, LogSink, Outcome, TaskSpec};
 use capstan_plan::{ArtifactHandle, Binding, CacheInput, TaskId, TaskOutputs, cache_key};
 use capstan_spec::template::{Ref, Template};
@@ -35,6 +36,9 @@ pub(crate) struct Attempt {
     pub cache: bool,
     pub base_dir: PathBuf,
     pub cancel: CancellationToken,
+    /// The remote job an interrupted run left running for this very attempt: follow it instead
+    /// of submitting the attempt again.
+    pub reattach: Option<String>,
 }
 
 pub(crate) enum AttemptResult {
@@ -91,6 +95,14 @@ fn store_ref(a: &ArtifactHandle) -> ArtifactRef {
 /// go on; a failing step is an `Ok(Failed)`.
 pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     let ws = &env.ws;
+    let executor = env
+        .executors
+        .get(&a.executor)
+        .with_context(|| format!("unknown executor `{}`", a.executor))?
+        .clone();
+    // Steps of a remote executor cannot see this machine: their inputs and outputs pass through
+    // the artifact store, and their paths are only names under the scratch directory.
+    let remote = executor.handoff();
     let work = ws.work_dir(&a.run_id, &a.name, a.attempt);
     if work.exists() {
         // Left over from an attempt that was interrupted: start clean.
@@ -107,7 +119,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
             !a.step.outputs.parameters.is_empty() || a.step.outputs.results.is_some(),
         ),
     ] {
-        if needed {
+        if needed && !remote {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -117,6 +129,21 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     let mut resolved: HashMap<&Ref, Resolved> = HashMap::new();
     let mut input_parameters = BTreeMap::new();
     let mut input_artifacts = BTreeMap::new();
+    let mut handoff_inputs = Vec::new();
+    let mut input_path = async |key: &str, h: &ArtifactHandle| {
+        if !remote {
+            return ws.artifacts.local_path(&h.uri).await;
+        }
+        let path = work
+            .join("in")
+            .join(format!("{}-{}", handoff_inputs.len(), path_safe(key)));
+        handoff_inputs.push(HandoffInput {
+            uri: h.uri.clone(),
+            digest: h.digest.clone(),
+            path: path.clone(),
+        });
+        Ok(path)
+    };
     for (r, b) in &a.bindings {
         let key = match r {
             Ref::Input(name) => name.clone(),
@@ -128,7 +155,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
                 Resolved::Value(v.clone())
             }
             Binding::Artifact(h) => {
-                let path = match ws.artifacts.local_path(&h.uri).await {
+                let path = match input_path(&key, h).await {
                     Ok(p) => p,
                     Err(e) => {
                         return Ok(failed(format!(
@@ -145,7 +172,7 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
             Binding::Artifacts(hs) => {
                 let mut paths = Vec::with_capacity(hs.len());
                 for (i, h) in hs.iter().enumerate() {
-                    let path = match ws.artifacts.local_path(&h.uri).await {
+                    let path = match input_path(&format!("{key}[{i}]"), h).await {
                         Ok(p) => p,
                         Err(e) => {
                             return Ok(failed(format!(
@@ -287,27 +314,6 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     }
 
     let (log_path, log_uri) = ws.artifacts.log_path(&a.run_id, &a.name, a.attempt)?;
-    ws.store
-        .task_started(
-            &a.run_id,
-            TaskStart {
-                name: a.name.clone(),
-                step: step.name.clone(),
-                iteration: a.iteration,
-                attempt: a.attempt,
-                executor: a.executor.clone(),
-                resources: serde_json::to_value(&step.resources)?,
-                cache_key: Some(key),
-                log_uri: Some(log_uri.clone()),
-                input_parameters,
-                input_artifacts,
-                started_at: now_millis(),
-            },
-        )
-        .await?;
-    env.observer
-        .task_changed(&a.name, TaskStatus::Running, None);
-
     let workdir = match &concrete.workdir {
         Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
         Some(w) => a.base_dir.join(w),
@@ -324,6 +330,17 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         ("CAPSTAN_TASK".to_string(), a.name.clone()),
         ("CAPSTAN_ATTEMPT".to_string(), a.attempt.to_string()),
     ]);
+    let handoff = if remote {
+        Some(Handoff {
+            scratch: work.clone(),
+            artifact_root: ws.artifacts.root_url().to_string(),
+            inputs: handoff_inputs,
+            outputs: handoff_outputs(step, &out_dir, &param_dir),
+            result_uri: ws.artifacts.result_uri(&a.run_id, &a.name, a.attempt)?,
+        })
+    } else {
+        None
+    };
     let spec = TaskSpec {
         run_id: a.run_id.clone(),
         task: a.name.clone(),
@@ -336,22 +353,59 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         image: step.image.clone(),
         resources: serde_json::to_value(&step.resources)?,
         mounts: mounts(&ws.home, &a.base_dir, resolved.values()),
-        handoff: None,
+        handoff: handoff.clone(),
     };
+    // Durable before submitted: the remote job's name is in the store before the job exists, so
+    // a resume after a crash finds it instead of submitting the attempt twice.
+    let remote_handle = executor.remote_handle(&spec);
+    ws.store
+        .task_started(
+            &a.run_id,
+            TaskStart {
+                name: a.name.clone(),
+                step: step.name.clone(),
+                iteration: a.iteration,
+                attempt: a.attempt,
+                executor: a.executor.clone(),
+                resources: serde_json::to_value(&step.resources)?,
+                cache_key: Some(key),
+                log_uri: Some(log_uri.clone()),
+                input_parameters,
+                input_artifacts,
+                started_at: now_millis(),
+                remote_handle: remote_handle.clone(),
+            },
+        )
+        .await?;
+    env.observer
+        .task_changed(&a.name, TaskStatus::Running, None);
+
     let observer = env.observer.clone();
     let sink: LogSink = Arc::new(move |task: &str, chunk: &[u8]| observer.log(task, chunk));
-    let executor = env
-        .executors
-        .get(&a.executor)
-        .with_context(|| format!("unknown executor `{}`", a.executor))?
-        .clone();
-    let outcome = executor.run(spec, a.cancel.clone(), Some(sink)).await;
+    let reattached = match (&a.reattach, &remote_handle) {
+        (Some(handle), Some(current)) if handle == current => {
+            // The job's log is fetched again from its start.
+            let _ = std::fs::remove_file(&log_path);
+            executor
+                .reattach(spec.clone(), handle, a.cancel.clone(), Some(sink.clone()))
+                .await
+        }
+        _ => None,
+    };
+    let outcome = match reattached {
+        Some(outcome) => outcome,
+        None => executor.run(spec, a.cancel.clone(), Some(sink)).await,
+    };
     // A step that printed nothing has no log file (see the local executor).
     if log_path.exists()
         && let Err(e) = ws.artifacts.finish_log(&log_path, &log_uri).await
     {
         tracing::warn!(task = %a.name, error = %e, "cannot store task log");
     }
+    let (outcome, worker) = match &handoff {
+        Some(h) => capstan_exec::remote::settle(&ws.artifacts, h, outcome).await,
+        None => (outcome, None),
+    };
 
     match outcome {
         Outcome::Cancelled => return Ok(AttemptResult::Cancelled),
@@ -364,6 +418,13 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         _ => {}
     }
 
+    // A remote worker sent its parameter files' text back; laid out here, they are read exactly
+    // as a local step's.
+    if let Some(worker) = &worker
+        && let Err(e) = write_worker_parameters(worker, &handoff, &param_dir)
+    {
+        return Ok(failed(e));
+    }
     // Collect outputs. Parameters first: they are cheap, and a missing one fails fast. A results
     // document, when the step declares one and wrote it, wins over the per-parameter files.
     let results = match read_results(step, &param_dir) {
@@ -413,19 +474,13 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     };
     for (name, type_name) in &step.outputs.artifacts {
         let path = out_dir.join(name);
-        if std::fs::symlink_metadata(&path).is_err() {
-            return Ok(failed(format!(
-                "exited 0 but did not write output artifact `{name}` (expected a file or directory at {})",
-                path.display()
-            )));
-        }
-        let stored = match ws.artifacts.put(&path).await {
+        let stored = match &worker {
+            Some(worker) => stored_by_worker(ws, worker, name, &path).await,
+            None => store_output(ws, name, &path).await,
+        };
+        let stored = match stored {
             Ok(s) => s,
-            Err(e) => {
-                return Ok(failed(format!(
-                    "cannot store output artifact `{name}`: {e}"
-                )));
-            }
+            Err(message) => return Ok(failed(message)),
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
         outputs.artifacts.insert(
@@ -471,6 +526,102 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
         outputs,
         cached: false,
     })
+}
+
+/// Stores a local step's output artifact.
+async fn store_output(
+    ws: &Workspace,
+    name: &str,
+    path: &Path,
+) -> Result<capstan_artifacts::StoredArtifact, String> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Err(missing_artifact(name, path));
+    }
+    ws.artifacts
+        .put(path)
+        .await
+        .map_err(|e| format!("cannot store output artifact `{name}`: {e}"))
+}
+
+/// An output artifact a remote worker stored, checked to be in this run's artifact store.
+async fn stored_by_worker(
+    ws: &Workspace,
+    worker: &StepResult,
+    name: &str,
+    path: &Path,
+) -> Result<capstan_artifacts::StoredArtifact, String> {
+    let Some(stored) = worker.artifact(name) else {
+        return Err(missing_artifact(name, path));
+    };
+    match ws.artifacts.exists(&stored.uri).await {
+        Ok(true) => Ok(stored),
+        Ok(false) => Err(format!(
+            "the worker reported output artifact `{name}` at {}, but it is not there",
+            stored.uri
+        )),
+        Err(e) => Err(format!("output artifact `{name}`: {e}")),
+    }
+}
+
+fn missing_artifact(name: &str, path: &Path) -> String {
+    format!(
+        "exited 0 but did not write output artifact `{name}` (expected a file or directory at {})",
+        path.display()
+    )
+}
+
+/// Where a remote step writes its outputs: artifacts under `out/`, parameters and the results
+/// file under `params/`, as for local steps.
+fn handoff_outputs(step: &Step, out_dir: &Path, param_dir: &Path) -> Vec<HandoffOutput> {
+    let artifacts = step.outputs.artifacts.keys().map(|name| HandoffOutput {
+        name: name.clone(),
+        kind: OutputKind::Artifact,
+        path: out_dir.join(name),
+    });
+    let parameters = step
+        .outputs
+        .parameters
+        .keys()
+        .chain(step.outputs.results.as_ref().map(|f| &f.name))
+        .map(|name| HandoffOutput {
+            name: name.clone(),
+            kind: OutputKind::Parameter,
+            path: param_dir.join(name),
+        });
+    artifacts.chain(parameters).collect()
+}
+
+/// Writes the parameter files a remote worker sent back where a local step would have left them.
+fn write_worker_parameters(
+    worker: &StepResult,
+    handoff: &Option<Handoff>,
+    param_dir: &Path,
+) -> Result<(), String> {
+    let Some(handoff) = handoff else {
+        return Ok(());
+    };
+    for output in &handoff.outputs {
+        let Some(text) = worker.parameter(&output.name) else {
+            continue;
+        };
+        std::fs::create_dir_all(param_dir)
+            .and_then(|()| std::fs::write(param_dir.join(&output.name), text))
+            .map_err(|e| format!("cannot write output parameter `{}`: {e}", output.name))?;
+    }
+    Ok(())
+}
+
+/// A file name made of the safe characters of an input's name.
+fn path_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The step's results document, if it declares one and wrote it. A document that is not JSON

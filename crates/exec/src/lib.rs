@@ -1,8 +1,8 @@
 //! Running one attempt of one task.
 //!
 //! The engine decides *what* runs; an [`Executor`] decides *where*: a local process (the default,
-//! [`LocalExecutor`]), a container on Docker or Podman ([`ContainerExecutor`]), and later Ray jobs
-//! and Kubernetes jobs. Every executor receives a
+//! [`LocalExecutor`]), a container on Docker or Podman ([`ContainerExecutor`]), a Ray job
+//! ([`RayExecutor`], through the step wrapper of [`remote`]), and later Kubernetes jobs. Every executor receives a
 //! fully resolved [`TaskSpec`] and reports an [`Outcome`]; none of them touches the store, so the
 //! engine stays the only place that records state.
 
@@ -10,6 +10,7 @@ pub mod config;
 mod container;
 pub mod kubernetes;
 mod local;
+mod ray;
 pub mod remote;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use config::ExecutorsConfig;
 pub use container::{ContainerExecutor, DEFAULT_SOCKETS, PullPolicy, socket_path};
 pub use kubernetes::KubernetesExecutor;
 pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
+pub use ray::{DEFAULT_RAY_ADDRESS, RayExecutor};
 
 /// One attempt of one task, with every template already resolved.
 #[derive(Debug, Clone)]

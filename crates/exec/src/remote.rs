@@ -45,6 +45,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// The name of the hidden subcommand that runs an envelope.
 pub const STEP_EXEC: &str = "step-exec";
 
+/// Set in the environment of every step that `capstan step-exec` runs, so that an orchestrator
+/// on the same machine (a one-machine Ray cluster) can tell the processes of remote jobs, which
+/// outlive it and are re-attached to, from its own leftover steps, which it kills on resume.
+pub const WORKER_ENV: &str = "CAPSTAN_REMOTE_WORKER";
+
 /// Output parameters larger than this fail the attempt instead of travelling in the result
 /// document.
 pub const MAX_PARAMETER_BYTES: u64 = 4 * 1024 * 1024;
@@ -407,6 +412,7 @@ async fn run_in(
             .env
             .iter()
             .map(|(k, v)| (k.clone(), rewrite.text(v)))
+            .chain([(WORKER_ENV.to_string(), "1".to_string())])
             .collect(),
         workdir: rewrite.path(&envelope.workdir),
         timeout: envelope.timeout_ms.map(Duration::from_millis),
@@ -503,6 +509,60 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf, String> {
         }
     }
     unreachable!("some scratch directory name is free")
+}
+
+/// `capstan step-exec`: runs the envelope `word` (as [`Envelope::encode`] wrote it) with a
+/// scratch directory under `scratch_parent`, and returns the process exit code: the step's own
+/// (0 when it succeeded, 128 + the signal when a signal killed it), or 2 when the wrapper failed
+/// (the reason is on stderr and, when the store could be reached, in the result document).
+/// SIGTERM and SIGINT stop the step, as a job system stopping the worker expects.
+pub async fn worker_main(word: &str, scratch_parent: &Path) -> i32 {
+    let fail = |message: String| {
+        eprintln!("capstan step-exec: {message}");
+        2
+    };
+    let envelope = match Envelope::decode(word) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let store = match ArtifactStore::open(Some(&envelope.handoff.artifact_root), scratch_parent) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot open the artifact store: {e}")),
+    };
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    let result = run_envelope(
+        &envelope,
+        &store,
+        scratch_parent,
+        cancel,
+        Some(stdout_sink()),
+    )
+    .await;
+    signals.abort();
+    match result {
+        Err(e) => fail(e),
+        Ok(r) => match r.outcome {
+            ResultOutcome::Exited { code } => code,
+            ResultOutcome::Signaled { signal } => 128 + signal,
+            ResultOutcome::TimedOut { .. } | ResultOutcome::Cancelled => 1,
+            ResultOutcome::Failed { reason } => fail(reason),
+        },
+    }
 }
 
 /// A sink that copies the step's output to this process's stdout, for `capstan step-exec`.

@@ -91,7 +91,7 @@ macro_rules! task_select {
     () => {
         "SELECT id, run_id, name, step, iteration, status, attempts, exit_code, executor, \
          resources, cache_key, cached_from, log_uri, message, input_parameters, \
-         output_parameters, created_at, started_at, ended_at, finish_seq FROM tasks"
+         output_parameters, created_at, started_at, ended_at, finish_seq, remote_handle FROM tasks"
     };
 }
 pub(crate) use task_select;
@@ -184,6 +184,7 @@ pub(crate) struct TaskRow {
     started_at: Option<i64>,
     ended_at: Option<i64>,
     finish_seq: Option<i64>,
+    remote_handle: Option<String>,
 }
 
 /// One event joined with its artifact: an entry of a task's `inputs.artifacts` or
@@ -249,6 +250,7 @@ pub(crate) fn assemble_tasks(rows: Vec<TaskRow>, links: Vec<LinkRow>) -> Result<
                 started_at: row.started_at,
                 ended_at: row.ended_at,
                 finish_seq: row.finish_seq,
+                remote_handle: row.remote_handle,
             })
         })
         .collect()
@@ -663,13 +665,14 @@ macro_rules! store_impl {
                 let task_id: String = sqlx::query_scalar(
                     "INSERT INTO tasks (id, run_id, name, step, iteration, status, attempts, executor, \
                      resources, cache_key, log_uri, input_parameters, output_parameters, created_at, \
-                     started_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, '{}', $12, $12) \
+                     started_at, remote_handle) \
+                     VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, '{}', $12, $12, $13) \
                      ON CONFLICT (run_id, name) DO UPDATE SET step = excluded.step, \
                      iteration = excluded.iteration, status = 'running', attempts = excluded.attempts, \
                      executor = excluded.executor, resources = excluded.resources, \
                      cache_key = excluded.cache_key, log_uri = excluded.log_uri, \
                      input_parameters = excluded.input_parameters, started_at = excluded.started_at, \
+                     remote_handle = excluded.remote_handle, \
                      ended_at = NULL, exit_code = NULL, message = NULL, cached_from = NULL, \
                      finish_seq = NULL \
                      RETURNING id",
@@ -686,6 +689,7 @@ macro_rules! store_impl {
                 .bind(&start.log_uri)
                 .bind($crate::common::to_json(&start.input_parameters))
                 .bind(start.started_at)
+                .bind(&start.remote_handle)
                 .fetch_one(&mut *tx)
                 .await
                 .ctx("recording the task start")?;

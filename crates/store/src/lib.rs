@@ -196,6 +196,9 @@ pub struct TaskStart {
     /// Input artifacts by input name; recorded as `input` events.
     pub input_artifacts: BTreeMap<String, ArtifactRef>,
     pub started_at: Millis,
+    /// The name of the remote job that runs this attempt (a Ray submission id), chosen before
+    /// it is submitted; `None` for local processes.
+    pub remote_handle: Option<String>,
 }
 
 /// A new artifact produced by a task.
@@ -286,6 +289,8 @@ pub struct TaskRecord {
     /// Order in which tasks reached a terminal status within the run (1, 2, ...). Resume
     /// replays terminal tasks in this order.
     pub finish_seq: Option<i64>,
+    /// The remote job of the latest attempt, as recorded when it started.
+    pub remote_handle: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

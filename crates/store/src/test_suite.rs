@@ -41,6 +41,7 @@ macro_rules! store_test_suite {
             task_retry_keeps_id_and_does_not_duplicate_inputs,
             task_started_rejects_unknown_run_and_artifact,
             task_pending_keeps_attempts,
+            remote_handles_are_recorded_at_start_and_kept,
             task_finished_records_outputs_and_lineage,
             task_finished_creates_skipped_and_cached_tasks,
             finish_seq_follows_finish_order,
@@ -147,6 +148,7 @@ fn start(name: &str, attempt: u32, at: i64) -> TaskStart {
         input_parameters: BTreeMap::from([("rows".to_owned(), json!(2000))]),
         input_artifacts: BTreeMap::new(),
         started_at: at,
+        remote_handle: None,
     }
 }
 
@@ -657,6 +659,27 @@ pub async fn task_pending_keeps_attempts(store: DynStore) {
 
     let err = store.task_pending(&run, "nope", None).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn remote_handles_are_recorded_at_start_and_kept(store: DynStore) {
+    let run = run_id("k2", 1);
+    started_run(&store, &run).await;
+    let mut first = start("a", 1, 10);
+    first.remote_handle = Some("capstan-k2-a-1".to_owned());
+    let id = store.task_started(&run, first).await.unwrap();
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.remote_handle.as_deref(), Some("capstan-k2-a-1"));
+    // Resume puts an interrupted task back to pending and must still find its job.
+    store
+        .task_pending(&run, "a", Some("interrupted"))
+        .await
+        .unwrap();
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.remote_handle.as_deref(), Some("capstan-k2-a-1"));
+    // The next attempt records its own job, or none.
+    store.task_started(&run, start("a", 2, 20)).await.unwrap();
+    let task = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.remote_handle, None);
 }
 
 pub async fn task_finished_records_outputs_and_lineage(store: DynStore) {
