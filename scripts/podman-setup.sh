@@ -3,7 +3,8 @@
 #
 # Idempotent: installs `podman runc busybox-static` only when missing, writes the containers.conf
 # that works on these machines (runc, cgroupfs, explicit ulimits) only when it differs, builds the
-# test image `localhost/capstan-busybox:latest` only when it is absent, and starts the API service
+# test images `localhost/capstan-busybox:latest` (and, with scripts/podman-python-image.sh,
+# `localhost/capstan-python:latest`) only when they are absent, and starts the API service
 # only when its socket does not answer. The last line on stdout is the URL, so callers can do:
 #
 #   export CAPSTAN_TEST_CONTAINER_HOST="$(scripts/podman-setup.sh | tail -n1)"
@@ -59,6 +60,9 @@ if ! as_root podman image exists "$image"; then
     as_root podman import --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' "$root.tar" "$image" >&2
     rm -f "$root.tar"
 fi
+
+# Debian with python3, for Python pipelines in containers (cached under /var/tmp).
+"$(dirname "$0")/podman-python-image.sh" >&2
 
 if ! curl -sf --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; then
     log "starting podman system service on $socket"

@@ -31,6 +31,9 @@ struct Cli {
     /// Artifact store URL: a path, file://, s3://, gs://, az:// or memory:// (default: <home>/artifacts).
     #[arg(long, global = true, env = "CAPSTAN_ARTIFACTS_DESTINATION")]
     artifacts_destination: Option<String>,
+    /// Configuration file (store, artifacts, executor settings) (default: <home>/config.yaml).
+    #[arg(long, global = true, env = "CAPSTAN_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,8 +95,9 @@ struct RunArgs {
     /// Run every step, ignoring cached results.
     #[arg(long)]
     no_cache: bool,
-    /// Executor for steps that name none.
-    #[arg(long)]
+    /// Executor for steps that name none: local, container, ray or kubernetes (default: the
+    /// pipeline's `executor`, else local).
+    #[arg(long, env = "CAPSTAN_EXECUTOR", value_parser = clap::builder::PossibleValuesParser::new(capstan_spec::EXECUTORS))]
     executor: Option<String>,
     /// Start the run in the background and return at once.
     #[arg(long)]
@@ -207,8 +211,9 @@ impl Cli {
         let overrides = WorkspaceConfig {
             backend_store_uri: self.backend_store_uri.clone(),
             artifacts_destination: self.artifacts_destination.clone(),
+            executors: Default::default(),
         };
-        Workspace::open(&self.home, overrides).await
+        Workspace::open(&self.home, self.config.as_deref(), overrides).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! `capstan run --executor container` against a real Podman (or Docker) engine.
 //!
 //! `CAPSTAN_TEST_CONTAINER_HOST` names the engine, as printed by `scripts/podman-setup.sh`, which
-//! also builds the `localhost/capstan-busybox:latest` image used here. Without it these tests are
+//! also builds the `localhost/capstan-busybox:latest` image used here and, through
+//! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image. Without it these tests are
 //! skipped with a notice, unless `CAPSTAN_REQUIRE_CONTAINERS=1` turns the skip into a failure.
 
 use crate::util::{Dir, statuses, task};
@@ -216,4 +217,108 @@ fn an_unsupported_engine_url_is_reported_before_the_run() {
         &["run", local.to_str().unwrap()],
     )
     .ok();
+}
+
+/// The Debian image with python3 that `scripts/podman-python-image.sh` builds.
+const PYTHON_IMAGE: &str = "localhost/capstan-python:latest";
+
+/// Every task's outputs, by task name: parameter values and artifact digests.
+fn outputs_by_task(run: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let artifacts: serde_json::Map<String, serde_json::Value> = t["outputs"]["artifacts"]
+                .as_object()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), v["digest"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                serde_json::json!({
+                    "parameters": t["outputs"]["parameters"],
+                    "artifacts": artifacts,
+                }),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
+    let Some(host) = engine() else { return };
+    let quickstart = crate::util::repo_root()
+        .join("examples/quickstart/pipeline.yaml")
+        .display()
+        .to_string();
+
+    let local = Dir::new();
+    let local_run = local.run(&["run", &quickstart]);
+    local_run.ok();
+    let local_show = local.show(&local_run.run_id());
+
+    // The pipeline file names no image: the workspace config gives the container executor one.
+    let boxed = Dir::new();
+    boxed.write(
+        "ws/config.yaml",
+        &format!("executors:\n  container:\n    image: {PYTHON_IMAGE}\n"),
+    );
+    let boxed_run = run_in(
+        &boxed,
+        &host,
+        &["run", &quickstart, "--executor", "container"],
+    );
+    boxed_run.ok();
+    let boxed_show = boxed.show(&boxed_run.run_id());
+    assert_eq!(boxed_show["status"], "succeeded", "{boxed_show:#}");
+    for (name, status) in statuses(&boxed_show) {
+        assert_eq!(status, "succeeded", "{name}: {boxed_show:#}");
+        assert_eq!(task(&boxed_show, &name)["executor"], "container", "{name}");
+    }
+    // Same interpreter version, same seeds: equal parameters and byte-identical artifacts, except
+    // `metrics`, which records the input models' paths (each workspace has its own). Its
+    // figures must be equal.
+    let without_metrics = |run: &serde_json::Value| {
+        let mut outputs = outputs_by_task(run);
+        for (name, o) in &mut outputs {
+            if name == "evaluate" {
+                o["artifacts"].as_object_mut().unwrap().remove("metrics");
+            }
+        }
+        outputs
+    };
+    assert_eq!(without_metrics(&boxed_show), without_metrics(&local_show));
+    let figures = |dir: &Dir, run: &serde_json::Value| {
+        let uri = task(run, "evaluate")["outputs"]["artifacts"]["metrics"]["uri"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = dir.path().join("metrics.json");
+        dir.run(&["artifacts", "get", &uri, "-o", path.to_str().unwrap()])
+            .ok();
+        let mut metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for m in metrics["models"].as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("model");
+        }
+        metrics["best"].as_object_mut().unwrap().remove("model");
+        metrics
+    };
+    let boxed_figures = figures(&boxed, &boxed_show);
+    assert_eq!(boxed_figures, figures(&local, &local_show));
+    assert_eq!(boxed_figures["models"].as_array().unwrap().len(), 3);
+
+    // The exit handler ran in a container too, and saw the run's status.
+    let logs = boxed.run(&["runs", "logs", &boxed_run.run_id(), "report"]);
+    assert!(
+        logs.ok().stdout.contains("quickstart finished: succeeded"),
+        "{}",
+        logs.stdout
+    );
 }

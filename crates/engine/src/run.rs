@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use capstan_exec::{ContainerExecutor, Executor, LocalExecutor, RayExecutor};
+use capstan_exec::{ContainerExecutor, Executor, KubernetesExecutor, LocalExecutor, RayExecutor};
 use capstan_plan::{Action, Machine, Outcome, Recorded, TaskId, TaskResult};
 use capstan_spec::{Pipeline, Value};
 use capstan_store::{NewRun, RunRecord, RunStatus, TaskFinish, TaskRecord, TaskStatus, now_millis};
@@ -102,16 +102,17 @@ impl Engine {
         executors.insert("local".to_string(), Arc::new(LocalExecutor::default()));
         // The engine socket is only contacted when a step runs in a container; a bad
         // CONTAINER_HOST or DOCKER_HOST is reported then, naming the variable's value.
-        let container: Arc<dyn Executor> = match ContainerExecutor::from_env() {
-            Ok(c) => Arc::new(c),
-            Err(reason) => Arc::new(Unavailable {
-                name: "container",
-                reason,
-            }),
-        };
+        let container: Arc<dyn Executor> =
+            match ContainerExecutor::from_config(&ws.executors.container) {
+                Ok(c) => Arc::new(c),
+                Err(reason) => Arc::new(Unavailable {
+                    name: "container",
+                    reason,
+                }),
+            };
         executors.insert("container".to_string(), container);
         // Like the engine socket, the Ray head is only contacted by runs that use it.
-        let ray: Arc<dyn Executor> = match RayExecutor::from_env() {
+        let ray: Arc<dyn Executor> = match RayExecutor::from_config(&ws.executors.ray) {
             Ok(r) => Arc::new(r),
             Err(reason) => Arc::new(Unavailable {
                 name: "ray",
@@ -119,6 +120,11 @@ impl Engine {
             }),
         };
         executors.insert("ray".to_string(), ray);
+        // Contacts the cluster only in preflight, for runs that use it.
+        executors.insert(
+            "kubernetes".to_string(),
+            Arc::new(KubernetesExecutor::new(ws.executors.kubernetes.clone())),
+        );
         Engine {
             ws,
             executors,
@@ -183,9 +189,13 @@ impl Engine {
         for step in pipeline.all_steps() {
             let name = self.executor_name(pipeline, step, options);
             if let Some(executor) = self.executors.get(name) {
-                if executor.needs_image() && step.image.is_none() {
+                if executor.needs_image()
+                    && step.image.is_none()
+                    && executor.default_image().is_none()
+                {
                     bail!(
-                        "step `{}`: the {name} executor needs an `image` for the step",
+                        "step `{}`: the {name} executor needs an `image` for the step \
+                         (or a default image in the workspace config)",
                         step.name
                     );
                 }
@@ -499,7 +509,18 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<Attempt> {
         let view = machine.task(task);
-        let step = view.step.clone();
+        let mut step = view.step.clone();
+        let executor = self
+            .executor_name(machine.pipeline(), &step, options)
+            .to_string();
+        // The executor's default image counts as the step's own: it goes into the cache key.
+        if step.image.is_none() {
+            step.image = self
+                .executors
+                .get(&executor)
+                .and_then(|e| e.default_image())
+                .map(String::from);
+        }
         let mut bindings = Vec::new();
         // The `for_each` source was consumed when the step expanded; resolving it again for
         // every iteration would copy the whole list once per item.
@@ -523,9 +544,6 @@ impl Engine {
                 .map_err(|e| anyhow!("cannot resolve `{{{{ {r} }}}}`: {e}"))?;
             bindings.push((r.clone(), b));
         }
-        let executor = self
-            .executor_name(machine.pipeline(), &step, options)
-            .to_string();
         Ok(Attempt {
             run_id: run_id.to_string(),
             task,

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::{ContainerConfig, ExecutorsConfig};
 use crate::local::{DRAIN_LIMIT, LazyLog, LineWriter, check_workdir};
 use crate::{DEFAULT_GRACE_PERIOD, Executor, LogSink, Outcome, TaskSpec};
 
@@ -69,6 +70,7 @@ pub struct ContainerExecutor {
     pull: PullPolicy,
     grace: Duration,
     network: String,
+    image: Option<String>,
 }
 
 impl ContainerExecutor {
@@ -79,22 +81,23 @@ impl ContainerExecutor {
             pull: PullPolicy::IfNotPresent,
             grace: DEFAULT_GRACE_PERIOD,
             network: "none".to_string(),
+            image: None,
         }
     }
 
-    /// The executor the environment describes: the engine named by `CONTAINER_HOST` or
-    /// `DOCKER_HOST` (`unix:///path`), else the first of [`DEFAULT_SOCKETS`] that exists (or the
-    /// first one, so that errors name it); `CAPSTAN_CONTAINER_PULL` (`if-not-present`, `always`,
-    /// `never`) and `CAPSTAN_CONTAINER_NETWORK` (`none` unless set).
+    /// The executor the environment describes; see [`ContainerExecutor::from_config`].
     pub fn from_env() -> Result<ContainerExecutor, String> {
-        Self::from_vars(|name| std::env::var(name).ok())
+        Self::from_config(&ExecutorsConfig::default().with_process_env().container)
     }
 
-    /// [`ContainerExecutor::from_env`] with the variables looked up by `var`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ContainerExecutor, String> {
-        let set = |name: &str| var(name).filter(|v| !v.is_empty());
-        let socket = match set("CONTAINER_HOST").or_else(|| set("DOCKER_HOST")) {
-            Some(url) => socket_path(&url)?,
+    /// The executor these settings describe (already overlaid with the environment, see
+    /// [`ExecutorsConfig::with_env`]): the engine at `host` (`unix:///path`), else the first of
+    /// [`DEFAULT_SOCKETS`] that exists (or the first one, so that errors name it); the pull
+    /// policy (`if-not-present` unless set), the network (`none` unless set) and the image of
+    /// steps that name none.
+    pub fn from_config(config: &ContainerConfig) -> Result<ContainerExecutor, String> {
+        let socket = match &config.host {
+            Some(url) => socket_path(url)?,
             None => DEFAULT_SOCKETS
                 .iter()
                 .map(PathBuf::from)
@@ -102,14 +105,15 @@ impl ContainerExecutor {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKETS[0])),
         };
         let mut executor = ContainerExecutor::new(socket);
-        if let Some(policy) = set("CAPSTAN_CONTAINER_PULL") {
+        if let Some(policy) = &config.pull {
             executor.pull = policy
                 .parse()
-                .map_err(|e| format!("CAPSTAN_CONTAINER_PULL: {e}"))?;
+                .map_err(|e| format!("container pull policy: {e}"))?;
         }
-        if let Some(network) = set("CAPSTAN_CONTAINER_NETWORK") {
-            executor.network = network;
+        if let Some(network) = &config.network {
+            executor.network = network.clone();
         }
+        executor.image = config.image.clone();
         Ok(executor)
     }
 
@@ -494,6 +498,10 @@ impl Executor for ContainerExecutor {
         true
     }
 
+    fn default_image(&self) -> Option<&str> {
+        self.image.as_deref()
+    }
+
     async fn preflight(&self) -> Result<(), String> {
         self.ping().await
     }
@@ -860,35 +868,26 @@ mod tests {
     }
 
     #[test]
-    fn settings_come_from_the_environment() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+    fn settings_come_from_the_config() {
+        let config = |host: Option<&str>, pull: Option<&str>, network: Option<&str>| {
+            ContainerExecutor::from_config(&ContainerConfig {
+                host: host.map(String::from),
+                pull: pull.map(String::from),
+                network: network.map(String::from),
+                image: Some("localhost/py".to_string()),
+            })
         };
-        let both = ContainerExecutor::from_vars(vars(&[
-            ("CONTAINER_HOST", "unix:///run/a.sock"),
-            ("DOCKER_HOST", "unix:///run/b.sock"),
-            ("CAPSTAN_CONTAINER_PULL", "never"),
-            ("CAPSTAN_CONTAINER_NETWORK", "host"),
-        ]))
-        .unwrap();
-        assert_eq!(both.socket(), Path::new("/run/a.sock"));
-        assert_eq!(both.pull, PullPolicy::Never);
-        assert_eq!(both.network, "host");
-        let docker =
-            ContainerExecutor::from_vars(vars(&[("DOCKER_HOST", "unix:///run/b.sock")])).unwrap();
-        assert_eq!(docker.socket(), Path::new("/run/b.sock"));
-        assert_eq!(docker.pull, PullPolicy::IfNotPresent);
-        assert_eq!(docker.network, "none");
-        let bad = ContainerExecutor::from_vars(vars(&[("CAPSTAN_CONTAINER_PULL", "sometimes")]))
-            .unwrap_err();
-        assert!(bad.starts_with("CAPSTAN_CONTAINER_PULL: "), "{bad}");
-        let tcp =
-            ContainerExecutor::from_vars(vars(&[("DOCKER_HOST", "tcp://h:2375")])).unwrap_err();
+        let all = config(Some("unix:///run/a.sock"), Some("never"), Some("host")).unwrap();
+        assert_eq!(all.socket(), Path::new("/run/a.sock"));
+        assert_eq!(all.pull, PullPolicy::Never);
+        assert_eq!(all.network, "host");
+        assert_eq!(all.default_image(), Some("localhost/py"));
+        let plain = config(Some("unix:///run/b.sock"), None, None).unwrap();
+        assert_eq!(plain.pull, PullPolicy::IfNotPresent);
+        assert_eq!(plain.network, "none");
+        let bad = config(None, Some("sometimes"), None).unwrap_err();
+        assert!(bad.starts_with("container pull policy: "), "{bad}");
+        let tcp = config(Some("tcp://h:2375"), None, None).unwrap_err();
         assert!(tcp.contains("tcp://h:2375"), "{tcp}");
     }
 

@@ -6,7 +6,9 @@
 //! fully resolved [`TaskSpec`] and reports an [`Outcome`]; none of them touches the store, so the
 //! engine stays the only place that records state.
 
+pub mod config;
 mod container;
+pub mod kubernetes;
 mod local;
 mod ray;
 pub mod remote;
@@ -18,7 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use config::ExecutorsConfig;
 pub use container::{ContainerExecutor, DEFAULT_SOCKETS, PullPolicy, socket_path};
+pub use kubernetes::KubernetesExecutor;
 pub use local::{DEFAULT_GRACE_PERIOD, LocalExecutor};
 pub use ray::{DEFAULT_RAY_ADDRESS, RayExecutor};
 
@@ -136,6 +140,11 @@ pub trait Executor: Send + Sync {
     /// reject a pipeline before it starts.
     fn needs_image(&self) -> bool {
         false
+    }
+
+    /// The image of steps that name none, when the configuration gives one.
+    fn default_image(&self) -> Option<&str> {
+        None
     }
 
     /// Checks, before a run starts, that steps can run here at all (an engine or cluster

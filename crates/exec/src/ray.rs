@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::{ExecutorsConfig, RayConfig};
 use crate::remote::{Envelope, store_env, worker_argv};
 use crate::{Executor, LogSink, Outcome, TaskSpec};
 
@@ -90,9 +91,15 @@ impl RayExecutor {
     /// `http://127.0.0.1:8265`), and `CAPSTAN_RAY_WORKER_BINARY` for the capstan binary the
     /// nodes run (default: this binary's path).
     pub fn from_env() -> Result<RayExecutor, String> {
-        let address = std::env::var("RAY_ADDRESS")
-            .ok()
-            .filter(|a| !a.is_empty())
+        Self::from_config(&ExecutorsConfig::default().with_process_env().ray)
+    }
+
+    /// The executor for these settings (already overlaid with `RAY_ADDRESS`, see
+    /// [`ExecutorsConfig::with_env`]); the address defaults to [`DEFAULT_RAY_ADDRESS`].
+    pub fn from_config(config: &RayConfig) -> Result<RayExecutor, String> {
+        let address = config
+            .address
+            .clone()
             .unwrap_or_else(|| DEFAULT_RAY_ADDRESS.to_string());
         let binary = match std::env::var("CAPSTAN_RAY_WORKER_BINARY") {
             Ok(b) if !b.is_empty() => b,
@@ -101,7 +108,7 @@ impl RayExecutor {
                 .display()
                 .to_string(),
         };
-        RayExecutor::new(&address, &binary).map_err(|e| format!("RAY_ADDRESS={address}: {e}"))
+        RayExecutor::new(&address, &binary).map_err(|e| format!("Ray address {address}: {e}"))
     }
 
     /// How often a running job is looked at.

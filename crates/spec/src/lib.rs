@@ -20,6 +20,6 @@ mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use model::*;
-pub use native::parse_native;
+pub use native::{EXECUTORS, parse_native};
 pub use params::{bind_params, coerce_value};
 pub use validate::validate;

@@ -57,6 +57,8 @@ const STEP_FIELDS: &[&str] = &[
     "cache",
     "resources",
 ];
+/// The executors a pipeline or a step may name.
+pub const EXECUTORS: &[&str] = &["local", "container", "ray", "kubernetes"];
 const PARAM_FIELDS: &[&str] = &["type", "default", "description"];
 const IO_FIELDS: &[&str] = &["parameters", "artifacts"];
 const FOR_EACH_FIELDS: &[&str] = &["items", "parallelism"];
@@ -466,6 +468,23 @@ impl Conv {
         }
     }
 
+    /// An executor name: one of [`EXECUTORS`], so that a typo fails at its line, not at run time.
+    fn executor(&mut self, node: &Node, step: Option<&str>) -> Option<String> {
+        let name = self.text(node, "executor", step)?;
+        if EXECUTORS.contains(&name.as_str()) {
+            return Some(name);
+        }
+        self.error(
+            node.pos,
+            step,
+            format!(
+                "unknown executor `{name}`: expected one of {}",
+                EXECUTORS.join(", ")
+            ),
+        );
+        None
+    }
+
     fn template(&mut self, node: &Node, what: &str, step: Option<&str>) -> Option<Template> {
         let text = self.text(node, what, step)?;
         match Template::parse(&text) {
@@ -625,9 +644,7 @@ impl Conv {
         let description = top
             .get("description")
             .and_then(|n| self.text(n, "description", None));
-        let executor = top
-            .get("executor")
-            .and_then(|n| self.text(n, "executor", None));
+        let executor = top.get("executor").and_then(|n| self.executor(n, None));
 
         let mut params = IndexMap::new();
         if let Some(node) = top.get("params").filter(|n| !matches!(n.kind, Kind::Null)) {
@@ -840,7 +857,7 @@ impl Conv {
             }
         }
         step.image = f.get("image").and_then(|n| self.text(n, "image", s));
-        step.executor = f.get("executor").and_then(|n| self.text(n, "executor", s));
+        step.executor = f.get("executor").and_then(|n| self.executor(n, s));
         if let Some(node) = f.get("env") {
             step.env = self.env(node, s);
         }

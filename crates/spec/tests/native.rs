@@ -46,6 +46,16 @@ check_bad!(
 );
 
 check_bad!(
+    executor_names_are_checked_where_they_are_written,
+    "executor.yaml",
+    [
+        "2:11: unknown executor `docker`: expected one of local, container, ray, kubernetes",
+        "6:15: step `a`: unknown executor `kubernets`: expected one of local, container, ray, kubernetes",
+        "9:15: step `b`: `executor` must be text, got a list",
+    ]
+);
+
+check_bad!(
     param_types_are_checked,
     "param_type.yaml",
     [
