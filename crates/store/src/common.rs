@@ -1016,7 +1016,15 @@ macro_rules! store_impl {
                     attempt,
                     status: finish.status,
                 };
-                let mut tags = $crate::mirror::task_tags(&identity);
+                // A started attempt's run already carries its identity: only what changed is
+                // written (every row written is a WAL page or two on the per-step path).
+                let mut tags = match started_at {
+                    Some(_) => $crate::mirror::Pairs::from([(
+                        "capstan.status".to_owned(),
+                        finish.status.as_str().to_owned(),
+                    )]),
+                    None => $crate::mirror::task_tags(&identity),
+                };
                 if let Some(source) = &finish.cached_from {
                     tags.insert("capstan.cached".into(), "true".into());
                     tags.insert("capstan.cached_from".into(), source.clone());
