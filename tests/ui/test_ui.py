@@ -188,7 +188,8 @@ def test_experiment_table_filter_and_compare(env, page, shots):
         box.check()
     page.click("#compare")
     page.wait_for_url("**/compare?runs=**")
-    chart = page.locator(".chart[data-metric='loss']")
+    # The chart carries its point count once the server's points are drawn.
+    chart = page.locator(".chart[data-metric='loss'][data-points]")
     chart.wait_for()
     assert chart.get_attribute("data-points") == "100"
     box = chart.locator("canvas").bounding_box()
