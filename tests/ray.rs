@@ -319,7 +319,7 @@ fn a_job_stopped_behind_capstans_back_fails_the_attempt_and_is_retried() {
     );
     let shown = dir.show(&first_run_id(&dir).unwrap());
     let victim = task(&shown, "victim");
-    assert_eq!(victim["status"], "succeeded");
+    assert_eq!(victim["status"], "succeeded", "{shown:#}");
     assert_eq!(victim["attempts"], 2);
 }
 

@@ -330,7 +330,15 @@ pub async fn settle(
         ),
         Ok(None) => (seen, None),
         Ok(Some(result)) => {
-            let outcome = result.outcome.to_outcome();
+            let outcome = match result.outcome.to_outcome() {
+                // capstan did not cancel this attempt (that case returned above), so the worker
+                // was stopped from outside: a failure, which the step's retries may cover.
+                Outcome::Cancelled => Outcome::SpawnFailed(
+                    "the worker was stopped from outside capstan (its job was stopped or deleted)"
+                        .to_string(),
+                ),
+                outcome => outcome,
+            };
             if outcome.success() {
                 (outcome, Some(result))
             } else {
@@ -772,5 +780,26 @@ mod tests {
         assert!(result.outputs.is_empty());
         let (outcome, back) = settle(&store, &handoff, Outcome::Exited(7)).await;
         assert_eq!((outcome, back), (Outcome::Exited(7), None));
+
+        // A worker stopped from outside (its job stopped, its pod deleted) reports a cancel that
+        // capstan never asked for: the attempt fails, so its retries apply.
+        let cancel = CancellationToken::new();
+        spec.argv = vec!["sleep".into(), "30".into()];
+        let envelope = Envelope::from_spec(&spec).unwrap();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        });
+        let result = run_envelope(&envelope, &store, ws.path(), cancel, None)
+            .await
+            .unwrap();
+        assert_eq!(result.outcome, ResultOutcome::Cancelled);
+        let (outcome, back) = settle(&store, &handoff, Outcome::Exited(143)).await;
+        assert!(back.is_none());
+        assert!(
+            outcome.describe().contains("stopped from outside capstan"),
+            "{outcome:?}"
+        );
     }
 }

@@ -104,6 +104,7 @@ async fn demo_run(fx: &Fixture, n: u32, created_at: i64) -> String {
         input_parameters: BTreeMap::new(),
         input_artifacts: BTreeMap::new(),
         started_at: created_at,
+        remote_handle: None,
     };
     store
         .task_started(&id, start("data", "data"))
