@@ -234,6 +234,10 @@ fn dag(run: &RunRecord, tasks: &[TaskRecord]) -> Value {
     for t in tasks {
         by_step.entry(t.step.as_str()).or_default().push(t);
     }
+    // A fan-out's tasks in iteration order, whatever order they started in.
+    for of_step in by_step.values_mut() {
+        of_step.sort_by_key(|t| t.iteration);
+    }
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
