@@ -69,7 +69,8 @@ if ! curl -sf --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; then
     rm -f "$socket"
     # From `/`: the service and the conmon processes it starts keep this working directory, and
     # one that is deleted later (a temporary clone) makes every container start fail.
-    (cd / && as_root nohup podman system service --time=0 "unix://$socket" >/tmp/capstan-podman-service.log 2>&1 &)
+    (cd / && as_root nohup podman system service --time=0 "unix://$socket") \
+        </dev/null >/tmp/capstan-podman-service.log 2>&1 &
     for _ in $(seq 1 100); do
         curl -sf --unix-socket "$socket" http://d/_ping >/dev/null 2>&1 && break
         sleep 0.1
