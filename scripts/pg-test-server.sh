@@ -62,5 +62,8 @@ else
     # Keep the documented password and rights even if the role was altered by hand.
     psql_postgres -c "ALTER ROLE capstan LOGIN PASSWORD 'capstan' CREATEDB" >&2
 fi
+# The tests drop their databases WITH (FORCE); an autovacuum worker busy on a fresh database
+# belongs to no role, and only members of pg_signal_backend may end it.
+psql_postgres -c "GRANT pg_signal_backend TO capstan" >&2
 
 echo "postgresql://capstan:capstan@127.0.0.1:$port/postgres"
