@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
-use crate::tracking::{Arg, Dialect, Sql, numeric_comparison, text_comparison};
+use crate::tracking::{Arg, Dialect, Sql, attribute_comparison, text_comparison};
 use crate::{
     Attribute, Clause, Comparator, Entity, KeyValue, Metric, Millis, OrderKey, Page, Result,
 };
@@ -314,11 +314,7 @@ pub(crate) fn model_clause(
         }
         Entity::Attribute(attribute) => {
             let column = table.column(*attribute)?;
-            if attribute.is_numeric() {
-                numeric_comparison(sql, column, clause.comparator, &clause.value, true)?;
-            } else {
-                text_comparison(sql, dialect, column, clause.comparator, &clause.value)?;
-            }
+            attribute_comparison(sql, dialect, *attribute, column, clause)?;
         }
         other => {
             return Err(StoreError::Invalid(format!(

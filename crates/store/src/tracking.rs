@@ -480,6 +480,22 @@ pub(crate) fn text_comparison(
     Ok(())
 }
 
+/// `column` (the column of `attribute`) compared as the clause says: as a number for numeric
+/// attributes, as text otherwise.
+pub(crate) fn attribute_comparison(
+    sql: &mut Sql,
+    dialect: Dialect,
+    attribute: Attribute,
+    column: &str,
+    clause: &Clause,
+) -> Result<()> {
+    if attribute.is_numeric() {
+        numeric_comparison(sql, column, clause.comparator, &clause.value, true)
+    } else {
+        text_comparison(sql, dialect, column, clause.comparator, &clause.value)
+    }
+}
+
 pub(crate) fn numeric_comparison(
     sql: &mut Sql,
     column: &str,
@@ -535,11 +551,7 @@ pub(crate) fn run_clause(sql: &mut Sql, dialect: Dialect, clause: &Clause) -> Re
         }
         Entity::Attribute(attribute) => {
             let column = attribute.run_column()?;
-            if attribute.is_numeric() {
-                numeric_comparison(sql, column, clause.comparator, &clause.value, true)?;
-            } else {
-                text_comparison(sql, dialect, column, clause.comparator, &clause.value)?;
-            }
+            attribute_comparison(sql, dialect, *attribute, column, clause)?;
         }
         Entity::Dataset(field) => {
             let column = match field.as_str() {
@@ -644,11 +656,7 @@ pub(crate) fn experiment_clause(sql: &mut Sql, dialect: Dialect, clause: &Clause
         }
         Entity::Attribute(attribute) => {
             let column = attribute.experiment_column()?;
-            if attribute.is_numeric() {
-                numeric_comparison(sql, column, clause.comparator, &clause.value, true)?;
-            } else {
-                text_comparison(sql, dialect, column, clause.comparator, &clause.value)?;
-            }
+            attribute_comparison(sql, dialect, *attribute, column, clause)?;
         }
         other => {
             return Err(StoreError::Invalid(format!(
