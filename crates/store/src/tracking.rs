@@ -63,7 +63,7 @@ pub struct Metric {
     pub step: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct RunInfo {
     pub run_id: String,
     pub experiment_id: i64,
@@ -820,35 +820,6 @@ pub(crate) struct ExperimentRow {
 }
 
 #[derive(sqlx::FromRow)]
-pub(crate) struct RunInfoRow {
-    pub(crate) run_id: String,
-    pub(crate) experiment_id: i64,
-    pub(crate) name: String,
-    pub(crate) user_id: String,
-    pub(crate) status: String,
-    pub(crate) start_time: i64,
-    pub(crate) end_time: Option<i64>,
-    pub(crate) lifecycle_stage: String,
-    pub(crate) artifact_uri: String,
-}
-
-impl RunInfoRow {
-    pub(crate) fn into_info(self) -> RunInfo {
-        RunInfo {
-            run_id: self.run_id,
-            experiment_id: self.experiment_id,
-            name: self.name,
-            user_id: self.user_id,
-            status: self.status,
-            start_time: self.start_time,
-            end_time: self.end_time,
-            lifecycle_stage: self.lifecycle_stage,
-            artifact_uri: self.artifact_uri,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
 pub(crate) struct OwnedKeyValueRow {
     pub(crate) owner: String,
     pub(crate) key: String,
@@ -1120,7 +1091,7 @@ macro_rules! tracking_impl {
             use $crate::tracking::{
                 Arg, DatasetInput, Experiment, ExperimentQuery, ExperimentRow,
                 InputRow, KeyValue, Metric, MetricRow, NewTrackingRun, OwnedKeyValueRow, Page,
-                RunInfo, RunInfoRow, RunMetric, RunQuery, RunUpdate, Sql, TrackingRun, ACTIVE,
+                RunInfo, RunMetric, RunQuery, RunUpdate, Sql, TrackingRun, ACTIVE,
                 DELETED, EXPERIMENT_COLUMNS, RUN_INFO_COLUMNS,
             };
             use $crate::{Millis, Result, StoreError};
@@ -1222,14 +1193,14 @@ macro_rules! tracking_impl {
             }
 
             async fn run_info(conn: &mut $conn, run_id: &str) -> Result<Option<RunInfo>> {
-                let row: Option<RunInfoRow> = sqlx::query_as(AssertSqlSafe(format!(
+                let row: Option<RunInfo> = sqlx::query_as(AssertSqlSafe(format!(
                     "SELECT {RUN_INFO_COLUMNS} FROM tracking_runs r WHERE r.run_id = $1"
                 )))
                 .bind(run_id)
                 .fetch_optional(&mut *conn)
                 .await
                 .ctx("reading a run")?;
-                Ok(row.map(RunInfoRow::into_info))
+                Ok(row)
             }
 
             async fn require_run(conn: &mut $conn, run_id: &str) -> Result<RunInfo> {
@@ -1513,12 +1484,12 @@ macro_rules! tracking_impl {
                     sql.push(" LIMIT ").arg(Arg::Int(limit));
                     sql.push(" OFFSET ").arg(Arg::Int($crate::common::to_i64(query.offset, "page offset")?));
                     let mut conn = self.pool.acquire().await.ctx("connecting")?;
-                    let rows = bind_all!(sqlx::query_as::<_, RunInfoRow>(AssertSqlSafe(sql.text)), sql.args)
+                    let rows = bind_all!(sqlx::query_as::<_, RunInfo>(AssertSqlSafe(sql.text)), sql.args)
                         .fetch_all(&mut *conn)
                         .await
                         .ctx("searching runs")?;
                     let page = $crate::tracking::paged(rows, query.limit, query.offset);
-                    let infos = page.items.into_iter().map(RunInfoRow::into_info).collect();
+                    let infos = page.items;
                     Ok(Page {
                         items: load_runs(&mut conn, infos).await?,
                         next_offset: page.next_offset,
