@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use crate::mirror::{Arg, Batch};
 use crate::{
-    ArtifactRecord, ArtifactRef, ContextRecord, EventKind, EventRecord, Result, RunRecord,
+    ArtifactRecord, ArtifactRef, ContextRecord, EventKind, EventRecord, Millis, Result, RunRecord,
     RunStatus, StoreError, TaskOutputs, TaskRecord, TaskStatus, Value,
 };
 
@@ -63,6 +64,11 @@ pub(crate) fn db_error(err: sqlx::Error, doing: &str) -> StoreError {
 /// True when the error is a unique violation, so callers can phrase the conflict themselves.
 pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// True when the error is a foreign key violation: a row names a parent that does not exist.
+pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
@@ -361,6 +367,57 @@ pub(crate) struct RunContexts {
     pub(crate) artifact_location: Option<String>,
 }
 
+/// Adds to `batch` the statement that associates a task with its run's contexts.
+pub(crate) fn associate(batch: &mut Batch, contexts: &RunContexts, task_id: &str) {
+    batch.statement(
+        "INSERT INTO associations (context_id, task_id) VALUES ($1, $3), ($2, $3) \
+         ON CONFLICT DO NOTHING",
+        vec![
+            Arg::Text(contexts.pipeline_context_id.clone()),
+            Arg::Text(contexts.run_context_id.clone()),
+            Arg::Text(task_id.to_owned()),
+        ],
+    );
+}
+
+/// What a tracking run that mirrors a pipeline run or a task attempt says.
+pub(crate) struct MirroredRun<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) start_time: Millis,
+    pub(crate) end_time: Option<Millis>,
+    pub(crate) tags: &'a crate::mirror::Pairs,
+    pub(crate) params: &'a crate::mirror::Pairs,
+}
+
+/// Adds to `batch` the statements that create or update the tracking run mirroring a pipeline
+/// run or a task attempt, with its tags and params. An existing run keeps its name, start and
+/// artifact root; status and end change.
+pub(crate) fn mirror_run(batch: &mut Batch, contexts: &RunContexts, run: MirroredRun<'_>) {
+    batch.statement(
+        "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
+         end_time, lifecycle_stage, artifact_uri) \
+         VALUES ($1, $2, $3, '', $4, $5, $6, 'active', $7) \
+         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, end_time = excluded.end_time",
+        vec![
+            Arg::Text(run.run_id.to_owned()),
+            Arg::Int(Some(contexts.experiment_id)),
+            Arg::Text(run.name.to_owned()),
+            Arg::Text(run.status.to_owned()),
+            Arg::Int(Some(run.start_time)),
+            Arg::Int(run.end_time),
+            Arg::Text(crate::mirror::run_artifact_uri(
+                contexts.artifact_location.as_deref(),
+                contexts.experiment_id,
+                run.run_id,
+            )),
+        ],
+    );
+    batch.pairs("tracking_tags", run.run_id, run.tags, true);
+    batch.pairs("tracking_params", run.run_id, run.params, false);
+}
+
 /// Expands the one [`Store`](crate::Store) implementation for a backend.
 ///
 /// `$store` must have a `pool` field and an `async fn begin(&self)` that opens a write
@@ -404,75 +461,19 @@ macro_rules! store_impl {
             Ok($crate::common::assemble_tasks(vec![row], links)?.pop())
         }
 
-        async fn run_contexts_of(conn: &mut $conn, run_id: &str) -> Result<RunContexts> {
-            let row: Option<RunContexts> = sqlx::query_as(
-                "SELECT r.pipeline_context_id, r.run_context_id, r.experiment_id, e.artifact_location \
-                 FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
-            )
-            .bind(run_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .ctx("reading a run")?;
-            row.ok_or_else(|| StoreError::NotFound(format!("run `{run_id}`")))
-        }
-
-        /// Writes tags (`overwrite`) or params (first value wins) of a tracking run, a few
-        /// statements in all rather than one per pair.
-        async fn mirror_pairs(
-            conn: &mut $conn,
-            table: &str,
-            run_id: &str,
-            pairs: &$crate::mirror::Pairs,
-            overwrite: bool,
-        ) -> Result<()> {
-            let pairs: Vec<(&String, &String)> = pairs.iter().collect();
-            for chunk in pairs.chunks($crate::mirror::PAIRS_PER_STATEMENT) {
-                let sql = $crate::mirror::pairs_sql(table, chunk.len(), overwrite);
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id);
-                for (key, value) in chunk {
-                    query = query.bind(*key).bind(*value);
+        /// Sends a batch of statements: one query on SQLite, one per statement elsewhere.
+        async fn run_batch(conn: &mut $conn, batch: $crate::mirror::Batch, doing: &str) -> Result<()> {
+            for (sql, args) in batch.queries($backend == "sqlite") {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for arg in args {
+                    query = match arg {
+                        $crate::mirror::Arg::Text(text) => query.bind(text),
+                        $crate::mirror::Arg::Int(n) => query.bind(n),
+                    };
                 }
-                query.execute(&mut *conn).await.ctx("recording the tracking view of a run")?;
+                query.execute(&mut *conn).await.ctx(doing)?;
             }
             Ok(())
-        }
-
-        /// Creates or updates the tracking run that mirrors a pipeline run or a task attempt.
-        /// An existing run keeps its name, start and artifact root; status and end change.
-        #[allow(clippy::too_many_arguments)]
-        async fn mirror_run(
-            conn: &mut $conn,
-            contexts: &RunContexts,
-            run_id: &str,
-            name: &str,
-            status: &str,
-            start_time: Millis,
-            end_time: Option<Millis>,
-            tags: &$crate::mirror::Pairs,
-            params: &$crate::mirror::Pairs,
-        ) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO tracking_runs (run_id, experiment_id, name, user_id, status, start_time, \
-                 end_time, lifecycle_stage, artifact_uri) \
-                 VALUES ($1, $2, $3, '', $4, $5, $6, 'active', $7) \
-                 ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, end_time = excluded.end_time",
-            )
-            .bind(run_id)
-            .bind(contexts.experiment_id)
-            .bind(name)
-            .bind(status)
-            .bind(start_time)
-            .bind(end_time)
-            .bind($crate::mirror::run_artifact_uri(
-                contexts.artifact_location.as_deref(),
-                contexts.experiment_id,
-                run_id,
-            ))
-            .execute(&mut *conn)
-            .await
-            .ctx("recording the tracking run")?;
-            mirror_pairs(conn, "tracking_tags", run_id, tags, true).await?;
-            mirror_pairs(conn, "tracking_params", run_id, params, false).await
         }
 
         async fn upsert_context(conn: &mut $conn, kind: &str, name: &str, at: Millis) -> Result<String> {
@@ -487,22 +488,6 @@ macro_rules! store_impl {
             .fetch_one(&mut *conn)
             .await
             .ctx("recording a lineage context")
-        }
-
-        // One statement for both contexts: every statement is a round trip to the database,
-        // and these run twice per task.
-        async fn associate(conn: &mut $conn, contexts: &RunContexts, task_id: &str) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO associations (context_id, task_id) VALUES ($1, $3), ($2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&contexts.pipeline_context_id)
-            .bind(&contexts.run_context_id)
-            .bind(task_id)
-            .execute(&mut *conn)
-            .await
-            .ctx("associating a task with its contexts")?;
-            Ok(())
         }
 
         async fn attribute(conn: &mut $conn, contexts: &RunContexts, artifact_id: &str) -> Result<()> {
@@ -611,18 +596,21 @@ macro_rules! store_impl {
                     experiment_id,
                     artifact_location,
                 };
-                mirror_run(
-                    &mut tx,
+                let mut batch = $crate::mirror::Batch::default();
+                $crate::common::mirror_run(
+                    &mut batch,
                     &contexts,
-                    &run.id,
-                    &$crate::mirror::pipeline_run_name(&run),
-                    $crate::mirror::run_status(RunStatus::Pending),
-                    run.created_at,
-                    None,
-                    &tags,
-                    &params,
-                )
-                .await?;
+                    $crate::common::MirroredRun {
+                        run_id: &run.id,
+                        name: &$crate::mirror::pipeline_run_name(&run),
+                        status: $crate::mirror::run_status(RunStatus::Pending),
+                        start_time: run.created_at,
+                        end_time: None,
+                        tags: &tags,
+                        params: &params,
+                    },
+                );
+                run_batch(&mut tx, batch, "recording the tracking run").await?;
                 let record = load_run(&mut tx, &run.id)
                     .await?
                     .ok_or_else(|| StoreError::Backend(format!("run `{}` vanished while being created", run.id)))?;
@@ -820,9 +808,11 @@ macro_rules! store_impl {
                     )));
                 }
                 let mut tx = self.begin().await?;
-                let contexts = run_contexts_of(&mut tx, run_id).await?;
-                // A new attempt is not terminal: it forgets the previous attempt's end.
-                let task_id: String = sqlx::query_scalar(
+                // A new attempt is not terminal: it forgets the previous attempt's end. The
+                // run's contexts come back with the row: every statement is a round trip to the
+                // database, and this one runs for every step.
+                let started: std::result::Result<(String, String, String, i64, Option<String>), _> =
+                    sqlx::query_as(
                     "INSERT INTO tasks (id, run_id, name, step, iteration, status, attempts, executor, \
                      resources, cache_key, log_uri, input_parameters, output_parameters, created_at, \
                      started_at, remote_handle) \
@@ -835,7 +825,12 @@ macro_rules! store_impl {
                      remote_handle = excluded.remote_handle, \
                      ended_at = NULL, exit_code = NULL, message = NULL, cached_from = NULL, \
                      finish_seq = NULL \
-                     RETURNING id",
+                     RETURNING id, \
+                     (SELECT r.pipeline_context_id FROM runs r WHERE r.id = tasks.run_id), \
+                     (SELECT r.run_context_id FROM runs r WHERE r.id = tasks.run_id), \
+                     (SELECT r.experiment_id FROM runs r WHERE r.id = tasks.run_id), \
+                     (SELECT e.artifact_location FROM runs r JOIN experiments e \
+                     ON e.id = r.experiment_id WHERE r.id = tasks.run_id)",
                 )
                 .bind($crate::common::new_id())
                 .bind(run_id)
@@ -851,8 +846,21 @@ macro_rules! store_impl {
                 .bind(start.started_at)
                 .bind(&start.remote_handle)
                 .fetch_one(&mut *tx)
-                .await
-                .ctx("recording the task start")?;
+                .await;
+                let (task_id, pipeline_context_id, run_context_id, experiment_id, artifact_location) =
+                    match started {
+                        Ok(row) => row,
+                        Err(err) if $crate::common::is_foreign_key_violation(&err) => {
+                            return Err(StoreError::NotFound(format!("run `{run_id}`")));
+                        }
+                        Err(err) => return Err($crate::common::db_error(err, "recording the task start")),
+                    };
+                let contexts = RunContexts {
+                    pipeline_context_id,
+                    run_context_id,
+                    experiment_id,
+                    artifact_location,
+                };
                 for (input, artifact) in &start.input_artifacts {
                     require_artifact(&mut tx, &artifact.id, "input", &start.name).await?;
                     // Keyed by (task, kind, name): a retried attempt does not duplicate its inputs.
@@ -869,7 +877,8 @@ macro_rules! store_impl {
                     .await
                     .ctx("recording an input event")?;
                 }
-                associate(&mut tx, &contexts, &task_id).await?;
+                let mut batch = $crate::mirror::Batch::default();
+                $crate::common::associate(&mut batch, &contexts, &task_id);
                 let identity = $crate::mirror::TaskIdentity {
                     run_id,
                     task_id: &task_id,
@@ -881,18 +890,20 @@ macro_rules! store_impl {
                 };
                 let mut tags = $crate::mirror::task_tags(&identity);
                 tags.insert("capstan.executor".into(), start.executor.clone());
-                mirror_run(
-                    &mut tx,
+                $crate::common::mirror_run(
+                    &mut batch,
                     &contexts,
-                    &$crate::attempt_run_id(&task_id, start.attempt),
-                    &start.name,
-                    $crate::mirror::task_status(TaskStatus::Running),
-                    start.started_at,
-                    None,
-                    &tags,
-                    &$crate::mirror::input_params(&start.input_parameters),
-                )
-                .await?;
+                    $crate::common::MirroredRun {
+                        run_id: &$crate::attempt_run_id(&task_id, start.attempt),
+                        name: &start.name,
+                        status: $crate::mirror::task_status(TaskStatus::Running),
+                        start_time: start.started_at,
+                        end_time: None,
+                        tags: &tags,
+                        params: &$crate::mirror::input_params(&start.input_parameters),
+                    },
+                );
+                run_batch(&mut tx, batch, "recording the task start").await?;
                 tx.commit().await.ctx("committing the task start")?;
                 Ok(task_id)
             }
@@ -923,7 +934,7 @@ macro_rules! store_impl {
                 tx.commit().await.ctx("committing a pending task")
             }
 
-            async fn task_finished(&self, run_id: &str, finish: TaskFinish) -> Result<TaskRecord> {
+            async fn task_finished(&self, run_id: &str, finish: TaskFinish) -> Result<$crate::FinishedTask> {
                 if finish.status == TaskStatus::Running {
                     return Err(StoreError::Invalid(format!(
                         "task `{}` cannot finish as running",
@@ -1005,7 +1016,11 @@ macro_rules! store_impl {
                 .fetch_one(&mut *tx)
                 .await
                 .ctx("recording the task finish")?;
-                associate(&mut tx, &contexts, &task_id).await?;
+                let mut batch = $crate::mirror::Batch::default();
+                // A task that started was associated with its contexts then.
+                if started_at.is_none() {
+                    $crate::common::associate(&mut batch, &contexts, &task_id);
+                }
                 let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
                 let identity = $crate::mirror::TaskIdentity {
                     run_id,
@@ -1032,26 +1047,31 @@ macro_rules! store_impl {
                 if let Some(message) = &finish.message {
                     tags.insert("capstan.message".into(), message.clone());
                 }
-                let mut params = $crate::mirror::input_params(&finish.input_parameters);
+                // Likewise its input params were written when it started.
+                let mut params = match started_at {
+                    Some(_) => $crate::mirror::Pairs::new(),
+                    None => $crate::mirror::input_params(&finish.input_parameters),
+                };
                 params.extend($crate::mirror::output_params(&finish.output_parameters));
-                mirror_run(
-                    &mut tx,
+                $crate::common::mirror_run(
+                    &mut batch,
                     &contexts,
-                    &$crate::attempt_run_id(&task_id, attempt),
-                    &finish.name,
-                    $crate::mirror::task_status(finish.status),
-                    started_at.unwrap_or(finish.ended_at),
-                    ended_at,
-                    &tags,
-                    &params,
-                )
-                .await?;
+                    $crate::common::MirroredRun {
+                        run_id: &$crate::attempt_run_id(&task_id, attempt),
+                        name: &finish.name,
+                        status: $crate::mirror::task_status(finish.status),
+                        start_time: started_at.unwrap_or(finish.ended_at),
+                        end_time: ended_at,
+                        tags: &tags,
+                        params: &params,
+                    },
+                );
                 // The outputs are exactly what this finish reports; an earlier attempt's are replaced.
-                sqlx::query("DELETE FROM events WHERE task_id = $1 AND kind = 'output'")
-                    .bind(&task_id)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("replacing output events")?;
+                batch.statement(
+                    "DELETE FROM events WHERE task_id = $1 AND kind = 'output'",
+                    vec![$crate::mirror::Arg::Text(task_id.clone())],
+                );
+                run_batch(&mut tx, batch, "recording the task finish").await?;
                 let mut outputs: Vec<(&str, &str)> = Vec::new();
                 for artifact in &finish.new_artifacts {
                     let inserted = sqlx::query(
@@ -1101,11 +1121,8 @@ macro_rules! store_impl {
                     .ctx("recording an output event")?;
                     attribute(&mut tx, &contexts, artifact_id).await?;
                 }
-                let record = load_task(&mut tx, &task_id).await?.ok_or_else(|| {
-                    StoreError::Backend(format!("task `{}` vanished while being finished", finish.name))
-                })?;
                 tx.commit().await.ctx("committing the task finish")?;
-                Ok(record)
+                Ok($crate::FinishedTask { id: task_id, attempts: attempt })
             }
 
             async fn list_tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>> {

@@ -348,6 +348,14 @@ pub struct TaskRecord {
     pub remote_handle: Option<String>,
 }
 
+/// A task as [`Store::task_finished`] left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedTask {
+    pub id: String,
+    /// Attempts made so far; with `id`, names the attempt's tracking run ([`attempt_run_id`]).
+    pub attempts: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactRecord {
     pub id: String,
@@ -422,8 +430,9 @@ pub trait Store: Send + Sync + 'static {
     async fn task_pending(&self, run_id: &str, name: &str, message: Option<&str>) -> Result<()>;
     /// Records a terminal status, inserting new artifacts and output events in the same
     /// transaction. Creates the task row when it does not exist (skipped or cached tasks).
-    /// Assigns the next `finish_seq` of the run.
-    async fn task_finished(&self, run_id: &str, finish: TaskFinish) -> Result<TaskRecord>;
+    /// Assigns the next `finish_seq` of the run. Returns what identifies the attempt, not the
+    /// whole record: reading it back would cost every step two more queries.
+    async fn task_finished(&self, run_id: &str, finish: TaskFinish) -> Result<FinishedTask>;
     /// Tasks of a run, in creation order.
     async fn list_tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>>;
     async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>>;

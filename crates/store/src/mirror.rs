@@ -148,22 +148,128 @@ pub(crate) fn output_params(outputs: &BTreeMap<String, Value>) -> Pairs {
         .collect()
 }
 
-/// `INSERT INTO <table> (run_id, key, value) VALUES ($1, $2, $3), ($1, $4, $5), ...`, for `rows`
-/// pairs; tags take the new value on conflict, params keep the first one.
-pub(crate) fn pairs_sql(table: &str, rows: usize, overwrite: bool) -> String {
-    let mut sql = format!("INSERT INTO {table} (run_id, key, value) VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3));
+/// Where a [`Batch`] template takes its next argument.
+const ARG: char = '\u{1}';
+
+/// One argument of a [`Batch`] statement.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(Option<i64>),
+}
+
+/// Statements that are sent to the database together.
+///
+/// Every statement is a round trip to the database (on SQLite, a hand-off to its worker thread
+/// and back), and the statements of a task's transitions run for every step. SQLite runs a
+/// batch as one multi-statement query, with its arguments numbered across the statements;
+/// Postgres cannot prepare several statements at once, so there each is sent on its own.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Batch {
+    statements: Vec<(String, Vec<Arg>)>,
+}
+
+impl Batch {
+    /// Adds a statement whose template marks each argument's place with [`ARG`].
+    fn push(&mut self, template: String, args: Vec<Arg>) {
+        debug_assert_eq!(template.matches(ARG).count(), args.len());
+        self.statements.push((template, args));
     }
-    sql.push_str(if overwrite {
-        " ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value"
-    } else {
-        " ON CONFLICT (run_id, key) DO NOTHING"
-    });
-    sql
+
+    /// Adds a plain statement: `sql` with `$1`, `$2`, ... for `args` (a number may recur).
+    pub(crate) fn statement(&mut self, sql: &str, args: Vec<Arg>) {
+        let mut template = String::with_capacity(sql.len());
+        let mut ordered = Vec::with_capacity(args.len());
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            template.push_str(&rest[..at]);
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - at - 1, |n| n);
+            let n: usize = rest[at + 1..at + 1 + digits]
+                .parse()
+                .expect("batch statements number their arguments `$1`, `$2`, ...");
+            template.push(ARG);
+            ordered.push(args[n - 1].clone());
+            rest = &rest[at + 1 + digits..];
+        }
+        template.push_str(rest);
+        self.push(template, ordered);
+    }
+
+    /// Tags (`overwrite`) or params (the first value wins) of a tracking run, a multi-row
+    /// insert per [`PAIRS_PER_STATEMENT`] pairs.
+    pub(crate) fn pairs(&mut self, table: &str, run_id: &str, pairs: &Pairs, overwrite: bool) {
+        let pairs: Vec<(&String, &String)> = pairs.iter().collect();
+        for chunk in pairs.chunks(PAIRS_PER_STATEMENT) {
+            let mut sql = format!("INSERT INTO {table} (run_id, key, value) VALUES ");
+            let mut args = Vec::with_capacity(3 * chunk.len());
+            for (i, (key, value)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.extend([
+                    "(",
+                    &ARG.to_string(),
+                    ", ",
+                    &ARG.to_string(),
+                    ", ",
+                    &ARG.to_string(),
+                    ")",
+                ]);
+                args.extend([
+                    Arg::Text(run_id.to_owned()),
+                    Arg::Text((*key).clone()),
+                    Arg::Text((*value).clone()),
+                ]);
+            }
+            sql.push_str(if overwrite {
+                " ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value"
+            } else {
+                " ON CONFLICT (run_id, key) DO NOTHING"
+            });
+            self.push(sql, args);
+        }
+    }
+
+    /// The queries to send: one per statement, or all in one when `joined`. Arguments are
+    /// numbered `$1`, `$2`, ... within each query.
+    pub(crate) fn queries(self, joined: bool) -> Vec<(String, Vec<Arg>)> {
+        let number = |template: &str, first: usize| {
+            let mut sql = String::with_capacity(template.len() + 16);
+            let mut n = first;
+            for c in template.chars() {
+                if c == ARG {
+                    n += 1;
+                    sql.push_str(&format!("${n}"));
+                } else {
+                    sql.push(c);
+                }
+            }
+            (sql, n)
+        };
+        if !joined {
+            return self
+                .statements
+                .into_iter()
+                .map(|(template, args)| (number(&template, 0).0, args))
+                .collect();
+        }
+        let mut sql = String::new();
+        let mut all = Vec::new();
+        for (template, args) in self.statements {
+            let (statement, _) = number(&template, all.len());
+            if !sql.is_empty() {
+                sql.push_str("; ");
+            }
+            sql.push_str(&statement);
+            all.extend(args);
+        }
+        if sql.is_empty() {
+            return Vec::new();
+        }
+        vec![(sql, all)]
+    }
 }
 
 #[cfg(test)]
@@ -180,12 +286,39 @@ mod tests {
     }
 
     #[test]
-    fn pairs_statements_number_their_placeholders() {
+    fn batches_number_their_arguments_per_query() {
+        let mut batch = Batch::default();
+        batch.statement(
+            "UPDATE t SET a = $2 WHERE id = $1",
+            vec![Arg::Text("r".into()), Arg::Int(Some(1))],
+        );
+        batch.pairs(
+            "tracking_tags",
+            "r",
+            &Pairs::from([("k".into(), "v".into()), ("l".into(), "w".into())]),
+            true,
+        );
+        let separate = batch.clone().queries(false);
+        assert_eq!(separate[0].0, "UPDATE t SET a = $1 WHERE id = $2");
         assert_eq!(
-            pairs_sql("tracking_tags", 2, true),
-            "INSERT INTO tracking_tags (run_id, key, value) VALUES ($1, $2, $3), ($1, $4, $5) \
+            separate[0].1,
+            vec![Arg::Int(Some(1)), Arg::Text("r".into())]
+        );
+        assert_eq!(
+            separate[1].0,
+            "INSERT INTO tracking_tags (run_id, key, value) VALUES ($1, $2, $3), ($4, $5, $6) \
              ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value"
         );
+        let joined = batch.queries(true);
+        assert_eq!(joined.len(), 1);
+        assert!(
+            joined[0]
+                .0
+                .starts_with("UPDATE t SET a = $1 WHERE id = $2; INSERT INTO")
+        );
+        assert!(joined[0].0.contains("($3, $4, $5), ($6, $7, $8)"));
+        assert_eq!(joined[0].1.len(), 8);
+        assert!(Batch::default().queries(true).is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::{
     ArtifactRef, DynStore, EventKind, NewArtifact, NewRun, RunFilter, RunStatus, Store, StoreError,
-    TaskFinish, TaskStart, TaskStatus,
+    TaskFinish, TaskRecord, TaskStart, TaskStatus,
 };
 
 /// Generates one `#[tokio::test]` per behaviour of the store contract.
@@ -199,6 +199,15 @@ async fn started_run(store: &DynStore, id: &str) {
         .create_run(new_run(id, "pipe", 1_000))
         .await
         .expect("create run");
+}
+
+/// Finishes a task and reads back the whole record, checking that what `task_finished`
+/// returned names it.
+async fn finish_and_read(store: &DynStore, run_id: &str, finish: TaskFinish) -> TaskRecord {
+    let finished = store.task_finished(run_id, finish).await.unwrap();
+    let record = store.get_task(&finished.id).await.unwrap().unwrap();
+    assert_eq!(finished.attempts, record.attempts);
+    record
 }
 
 pub async fn create_run_records_a_pending_run(store: DynStore) {
@@ -679,7 +688,7 @@ pub async fn task_retry_keeps_id_and_does_not_duplicate_inputs(store: DynStore) 
 
     let mut failed = finish("train", TaskStatus::Failed, 150);
     failed.message = Some("exit code 1".to_owned());
-    let record = store.task_finished(&run, failed).await.unwrap();
+    let record = finish_and_read(&store, &run, failed).await;
     assert_eq!(
         (record.status, record.exit_code, record.ended_at),
         (TaskStatus::Failed, Some(1), Some(150))
@@ -791,7 +800,7 @@ pub async fn task_finished_records_outputs_and_lineage(store: DynStore) {
         is_dir: false,
         ..artifact("art-l2", "report")
     });
-    let record = store.task_finished(&run, done).await.unwrap();
+    let record = finish_and_read(&store, &run, done).await;
     assert_eq!(record.id, producer);
     assert_eq!(
         (record.status, record.exit_code, record.finish_seq),
@@ -889,7 +898,7 @@ pub async fn task_finished_creates_skipped_and_cached_tasks(store: DynStore) {
     let mut done = finish("data", TaskStatus::Succeeded, 20);
     done.output_parameters.insert("rows".to_owned(), json!(10));
     done.new_artifacts.push(artifact("art-m1", "dataset"));
-    let source = store.task_finished(&first, done).await.unwrap();
+    let source = finish_and_read(&store, &first, done).await;
 
     let second = run_id("m1", 2);
     started_run(&store, &second).await;
@@ -899,7 +908,7 @@ pub async fn task_finished_creates_skipped_and_cached_tasks(store: DynStore) {
     cached.reused_artifacts = source.outputs.artifacts.clone();
     cached.cached_from = Some(source.id.clone());
     cached.cache_key = Some("key-data".to_owned());
-    let hit = store.task_finished(&second, cached).await.unwrap();
+    let hit = finish_and_read(&store, &second, cached).await;
     assert_ne!(hit.id, source.id);
     assert_eq!(
         (hit.status, hit.attempts, hit.started_at),
@@ -927,7 +936,7 @@ pub async fn task_finished_creates_skipped_and_cached_tasks(store: DynStore) {
     let mut skipped = finish("register", TaskStatus::Skipped, 600);
     skipped.exit_code = None;
     skipped.message = Some("condition was false".to_owned());
-    let record = store.task_finished(&second, skipped).await.unwrap();
+    let record = finish_and_read(&store, &second, skipped).await;
     assert_eq!(
         (record.status, record.attempts, record.finish_seq),
         (TaskStatus::Skipped, 0, Some(2))
@@ -953,33 +962,24 @@ pub async fn finish_seq_follows_finish_order(store: DynStore) {
             .unwrap();
     }
     for (name, seq) in [("c", 1), ("a", 2)] {
-        let record = store
-            .task_finished(&run, finish(name, TaskStatus::Succeeded, 10))
-            .await
-            .unwrap();
+        let record = finish_and_read(&store, &run, finish(name, TaskStatus::Succeeded, 10)).await;
         assert_eq!(record.finish_seq, Some(seq));
     }
     // Going back to pending (a retry) is not a finish and takes no number.
     let mut retry = finish("b", TaskStatus::Pending, 11);
     retry.exit_code = Some(1);
-    let pending = store.task_finished(&run, retry).await.unwrap();
+    let pending = finish_and_read(&store, &run, retry).await;
     assert_eq!(
         (pending.status, pending.finish_seq, pending.ended_at),
         (TaskStatus::Pending, None, None)
     );
-    let record = store
-        .task_finished(&run, finish("b", TaskStatus::Failed, 12))
-        .await
-        .unwrap();
+    let record = finish_and_read(&store, &run, finish("b", TaskStatus::Failed, 12)).await;
     assert_eq!(record.finish_seq, Some(3));
 
     // Another run numbers its own finishes from 1.
     let other = run_id("n1", 2);
     started_run(&store, &other).await;
-    let record = store
-        .task_finished(&other, finish("a", TaskStatus::Skipped, 1))
-        .await
-        .unwrap();
+    let record = finish_and_read(&store, &other, finish("a", TaskStatus::Skipped, 1)).await;
     assert_eq!(record.finish_seq, Some(1));
 
     let tasks = store.list_tasks(&run).await.unwrap();
@@ -1007,10 +1007,8 @@ pub async fn concurrent_finishes_get_distinct_finish_seq(store: DynStore) {
             let mut done = finish(&name, TaskStatus::Succeeded, 100 + n);
             done.new_artifacts
                 .push(artifact(&format!("art-o-{n}"), "out"));
-            store
-                .task_finished(&run, done)
+            finish_and_read(&store, &run, done)
                 .await
-                .unwrap()
                 .finish_seq
                 .unwrap()
         }));
@@ -1039,7 +1037,7 @@ pub async fn cache_lookup_finds_latest_succeeded_task(store: DynStore) {
         .unwrap();
     let mut done = finish("data", TaskStatus::Succeeded, 40);
     done.new_artifacts.push(artifact("art-p2", "data"));
-    let newest = store.task_finished(&new, done).await.unwrap();
+    let newest = finish_and_read(&store, &new, done).await;
     store
         .task_started(&failing, start("data", 1, 50))
         .await
@@ -1104,10 +1102,7 @@ pub async fn failed_task_finished_leaves_nothing_behind(store: DynStore) {
     assert_eq!(store.list_artifacts(&run).await.unwrap().len(), 1);
 
     // The rolled-back finish took no number: the next finish of the run is still 2.
-    let retried = store
-        .task_finished(&run, finish("train", TaskStatus::Failed, 50))
-        .await
-        .unwrap();
+    let retried = finish_and_read(&store, &run, finish("train", TaskStatus::Failed, 50)).await;
     assert_eq!(retried.finish_seq, Some(2));
 
     // A cache hit that fails to record leaves no task row.
@@ -1713,7 +1708,7 @@ pub async fn pipeline_runs_and_attempts_are_tracking_runs(store: DynStore) {
     cached
         .input_parameters
         .insert("params.rows".to_owned(), json!(5));
-    let b = store.task_finished(&run, cached).await.unwrap();
+    let b = finish_and_read(&store, &run, cached).await;
     assert_eq!(b.inputs.parameters["params.rows"], json!(5));
     let (status, _, tags, params) = tracking_view(&store, &b.id).await;
     assert_eq!(status, "FINISHED");
@@ -1721,10 +1716,7 @@ pub async fn pipeline_runs_and_attempts_are_tracking_runs(store: DynStore) {
     assert_eq!(tags["capstan.cached_from"], task);
     assert_eq!(tags["mlflow.parentRunId"], run);
     assert_eq!(params["params.rows"], "5");
-    let failed = store
-        .task_finished(&run, finish("c", TaskStatus::Failed, 45))
-        .await
-        .unwrap();
+    let failed = finish_and_read(&store, &run, finish("c", TaskStatus::Failed, 45)).await;
     assert_eq!(tracking_view(&store, &failed.id).await.0, "FAILED");
 
     // Every nested run is in the pipeline's experiment and names its parent.
