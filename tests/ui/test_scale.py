@@ -90,7 +90,10 @@ def timed(page, url, selector):
     figures = []
     for _ in range(3):
         page.goto(url)
-        page.locator(selector).first.wait_for(timeout=60_000)
+        try:
+            page.locator(selector).first.wait_for(timeout=60_000)
+        except Exception as err:
+            raise AssertionError(f"{url}: {selector} not shown; the page says: {page.locator('main').inner_text()[:500]}") from err
         figures.append(page.evaluate("performance.now()"))
     return sorted(figures)[1]
 
@@ -100,7 +103,7 @@ def api_requests(page, url, selector):
     seen = []
 
     def note(request):
-        if "/api/" in request.url:
+        if "/api/" in request.url or "/ajax-api/" in request.url:
             seen.append(request.url)
 
     page.on("request", note)

@@ -1349,7 +1349,7 @@ fn m4_reference(points: &[crate::Metric], lo: i64, width: i64) -> Vec<crate::Met
             }
         }
     }
-    kept.sort_by(|a, b| (a.step, a.timestamp).cmp(&(b.step, b.timestamp)));
+    kept.sort_by_key(|m| (m.step, m.timestamp));
     kept
 }
 
