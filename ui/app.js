@@ -300,8 +300,10 @@ async function trackingRunPage(id, original) {
   let d;
   try { d = await mlflow(`runs/get?run_id=${encodeURIComponent(id)}`); } catch { throw original; }
   const r = d.run;
+  // A task's run points at its pipeline run, whose page has the graph, artifacts and lineage.
+  const parent = (r.data.tags || []).find((t) => t.key === "mlflow.parentRunId");
   main.innerHTML = h`<h1>${r.info.run_name || r.info.run_id} ${badge(r.info.status)}</h1>
-  <p class="muted">tracking run <span class="mono">${r.info.run_id}</span> · experiment <a href="/experiments?exp=${r.info.experiment_id}" data-link>${r.info.experiment_id}</a> · started ${time(r.info.start_time)}</p>
+  <p class="muted">tracking run <span class="mono">${r.info.run_id}</span> · experiment <a href="/experiments?exp=${r.info.experiment_id}" data-link>${r.info.experiment_id}</a> · started ${time(r.info.start_time)}${parent ? raw(h` · step of pipeline run <a id="parent-run" href="/runs/${parent.value}" data-link>${short(parent.value)}</a>`) : ""}</p>
   <div class="grid"><section class="card"><h2>Parameters</h2>${raw(kvTable((r.data.params || []).map((p) => [p.key, p.value])))}</section>
   <section class="card"><h2>Metrics</h2>${raw(kvTable((r.data.metrics || []).map((m) => [m.key, m.value])))}</section>
   <section class="card"><h2>Tags</h2>${raw(kvTable((r.data.tags || []).filter((t) => !t.key.startsWith("mlflow.log-model")).map((t) => [t.key, t.value])))}</section></div>
@@ -495,7 +497,14 @@ async function compare(q) {
     main.innerHTML = `<h1>Compare</h1><p>Select runs in <a href="/experiments" data-link>Experiments</a> and press <b>Compare selected</b>.</p>`;
     return;
   }
-  const runs = await Promise.all(ids.map((id) => mlflow(`runs/get?run_id=${encodeURIComponent(id)}`).then((d) => d.run)));
+  // Two requests, however many runs: the experiments, then the selected runs in one search.
+  const exps = (await mlflow("experiments/search", { max_results: 50000, view_type: "ALL" })).experiments || [];
+  const quoted = ids.map((id) => `'${id.replace(/[^0-9a-zA-Z]/g, "")}'`).join(", ");
+  const found = (await mlflow("runs/search", { experiment_ids: exps.map((e) => e.experiment_id), filter: `attributes.run_id IN (${quoted})`, run_view_type: "ALL", max_results: ids.length })).runs || [];
+  const byId = new Map(found.map((r) => [r.info.run_id, r]));
+  const missing = ids.filter((id) => !byId.has(id));
+  if (missing.length) throw new Error(`No run with id ${missing.join(", ")}`);
+  const runs = ids.map((id) => byId.get(id));
   const keys = [...new Set(runs.flatMap((r) => (r.data.metrics || []).map((m) => m.key)))].sort();
   const names = Object.fromEntries(runs.map((r) => [r.info.run_id, r.info.run_name || short(r.info.run_id)]));
   main.innerHTML = h`<h1>Compare ${runs.length} runs</h1>

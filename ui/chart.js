@@ -120,8 +120,14 @@ export function lineChart(container, title, initial, { xlabel = "step", time = f
     view = [toX(Math.min(d.x0, d.x1)), toX(Math.max(d.x0, d.x1))];
     if (refetch) series = await refetch(view);
     geom = draw();
+    shown();
   });
-  canvas.addEventListener("dblclick", () => { view = null; series = initial; geom = draw(); });
-  container.dataset.points = String(series.reduce((n, s) => n + s.points.length, 0));
+  canvas.addEventListener("dblclick", () => { view = null; series = initial; geom = draw(); shown(); });
+  // What is on screen, for tests and scripts: the points drawn and the zoomed x range.
+  const shown = () => {
+    container.dataset.points = String(series.reduce((n, s) => n + s.points.length, 0));
+    if (view) container.dataset.view = view.map((x) => Math.round(x)).join(","); else delete container.dataset.view;
+  };
+  shown();
   return { redraw: () => (geom = draw()) };
 }

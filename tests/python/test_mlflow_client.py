@@ -5,6 +5,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -132,6 +133,56 @@ def test_log_batch_is_idempotent_and_limited(server_url, client):
         post(server_url, "runs/log-batch", {"run_id": run.info.run_id, "params": params})
     assert err.value.code == 400
     assert json.loads(err.value.read())["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def bulk_interval(server_url, **query):
+    """`metrics/get-history-bulk-interval`, the request MLflow's UI draws its charts with."""
+    url = server_url + "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval?"
+    with urllib.request.urlopen(url + urllib.parse.urlencode(query, doseq=True)) as resp:
+        return json.loads(resp.read())["metrics"]
+
+
+def test_history_bulk_interval_samples_long_histories(server_url, client):
+    exp = client.create_experiment(unique("bulk"))
+    now = int(time.time() * 1000)
+    long_run = client.create_run(exp).info.run_id
+    points = [Metric("loss", 1.0 / (1 + s) if s != 3210 else 50.0, now + s, s) for s in range(5000)]
+    for i in range(0, len(points), 1000):
+        client.log_batch(long_run, metrics=points[i : i + 1000])
+    short_run = client.create_run(exp).info.run_id
+    client.log_batch(short_run, metrics=[Metric("loss", float(s), now, s) for s in range(0, 50, 5)])
+
+    got = bulk_interval(server_url, run_ids=[long_run, short_run], metric_key="loss", max_results=100)
+    long = [m for m in got if m["run_id"] == long_run]
+    short = [m for m in got if m["run_id"] == short_run]
+    assert 2 <= len(long) <= 100
+    steps = [m["step"] for m in long]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 4999
+    assert any(m["step"] == 3210 and m["value"] == 50.0 for m in long), "the spike survives"
+    assert all(m["key"] == "loss" and m["timestamp"] == now + m["step"] for m in long)
+    # A short history comes back whole, as get_metric_history has it.
+    history = client.get_metric_history(short_run, "loss")
+    assert [(m["step"], m["value"]) for m in short] == [(m.step, m.value) for m in history]
+
+    # A zoomed window: only its steps, its ends included.
+    window = bulk_interval(server_url, run_ids=[long_run], metric_key="loss", max_results=40,
+                          start_step=1000, end_step=1999)
+    assert len(window) <= 40
+    assert window[0]["step"] == 1000 and window[-1]["step"] == 1999
+    assert all(1000 <= m["step"] <= 1999 for m in window)
+    one = bulk_interval(server_url, run_ids=[long_run], metric_key="loss", max_results=1)
+    assert [m["step"] for m in one] == [4999]
+
+    for bad in ({"max_results": 0}, {"max_results": 2501}, {"start_step": 5},
+                {"start_step": 9, "end_step": 3}):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            bulk_interval(server_url, run_ids=[long_run], metric_key="loss", **bad)
+        assert err.value.code == 400, bad
+        assert json.loads(err.value.read())["error_code"] == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        bulk_interval(server_url, run_ids=["0" * 32], metric_key="loss")
+    assert err.value.code == 404
+    assert json.loads(err.value.read())["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
 def test_search_runs_filters_order_and_pages(client):

@@ -42,14 +42,17 @@ class Capstan:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def cli(self, *args, check=True, cwd=None):
-        return subprocess.run(
+    def cli(self, *args, check=True, cwd=None, env=None):
+        done = subprocess.run(
             [binary(), "--home", self.home, *args],
             capture_output=True,
             text=True,
-            check=check,
             cwd=cwd or REPO,
+            env=env,
         )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"capstan {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
 
     def start(self):
         self.proc = subprocess.Popen(

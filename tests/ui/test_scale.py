@@ -90,9 +90,41 @@ def timed(page, url, selector):
     figures = []
     for _ in range(3):
         page.goto(url)
-        page.locator(selector).first.wait_for(timeout=60_000)
+        try:
+            page.locator(selector).first.wait_for(timeout=60_000)
+        except Exception as err:
+            raise AssertionError(f"{url}: {selector} not shown; the page says: {page.locator('main').inner_text()[:500]}") from err
         figures.append(page.evaluate("performance.now()"))
     return sorted(figures)[1]
+
+
+def api_requests(page, url, selector):
+    """The API requests a page makes until `selector` is on screen."""
+    seen = []
+
+    def note(request):
+        if "/api/" in request.url or "/ajax-api/" in request.url:
+            seen.append(request.url)
+
+    page.on("request", note)
+    page.goto(url)
+    page.locator(selector).first.wait_for(timeout=60_000)
+    page.remove_listener("request", note)
+    return seen
+
+
+def test_pages_ask_a_fixed_number_of_requests_however_many_rows(big, page):
+    cap, chart_ids = big
+    runs = api_requests(page, cap.url + "/runs", "#runs tbody tr")
+    assert len(runs) == 1, runs
+    exps = api_requests(page, cap.url + "/experiments?exp=1042", "#exp-runs tbody tr")
+    assert len(exps) == 2, exps
+    # Five runs: the experiments, one search for the runs, and one request per metric chart.
+    charts = api_requests(page, cap.url + "/compare?runs=" + ",".join(chart_ids), ".chart[data-metric='loss'][data-points]")
+    page.wait_for_function("document.getElementById('main').dataset.points !== undefined")
+    assert not [u for u in charts if "runs/get" in u], charts
+    assert len([u for u in charts if "get-history-bulk-interval" in u]) == page.locator(".chart").count()
+    assert len(charts) == 2 + page.locator(".chart").count(), charts
 
 
 def test_large_store_render_times(big, page, shots):

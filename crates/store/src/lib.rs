@@ -472,6 +472,7 @@ mod common;
 mod mirror;
 mod models;
 mod postgres;
+mod sample;
 mod sqlite;
 #[doc(hidden)]
 pub mod test_suite;
@@ -488,7 +489,7 @@ pub use sqlite::SqliteStore;
 pub use tracking::{
     ACTIVE, Attribute, Clause, Comparator, DELETED, Dataset, DatasetInput, DynTrackingStore,
     Entity, Experiment, ExperimentQuery, KeyValue, MAX_PAGE, Metric, NewTrackingRun, Operand,
-    OrderKey, Page, RunInfo, RunMetric, RunQuery, RunUpdate, TrackingRun, TrackingStore, ViewType,
+    OrderKey, Page, RunInfo, RunQuery, RunUpdate, TrackingRun, TrackingStore, ViewType,
 };
 
 /// Opens a store from a URI: `sqlite://PATH`, `sqlite::memory:`, `postgresql://...` (or

@@ -52,6 +52,7 @@ macro_rules! store_test_suite {
             task_finished_validates_its_input,
             run_contexts_are_shared_per_pipeline,
             tracking_runs_log_idempotently_and_search_in_sql,
+            metric_samples_keep_each_buckets_ends_and_extremes,
             logged_models_finalize_tag_and_search_by_name,
             registry_versions_aliases_stages_and_tag_filters,
             pipeline_runs_and_attempts_are_tracking_runs,
@@ -1309,6 +1310,200 @@ pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {
             .unwrap()
             .items
             .is_empty()
+    );
+}
+
+/// The points M4 keeps of `points` (sorted by step, timestamp, value) in buckets `width` steps
+/// wide from `lo`: each bucket's first and last point and its lowest and highest value (a NaN
+/// only when nothing else is there), ties going to the earliest point.
+fn m4_reference(points: &[crate::Metric], lo: i64, width: i64) -> Vec<crate::Metric> {
+    let mut kept: Vec<crate::Metric> = Vec::new();
+    let mut buckets: BTreeMap<i64, Vec<&crate::Metric>> = BTreeMap::new();
+    for point in points {
+        buckets
+            .entry((point.step - lo) / width)
+            .or_default()
+            .push(point);
+    }
+    // NaN ranks after every number, lowest or highest, and NaNs rank equal.
+    let rank = |m: &crate::Metric, sign: f64| {
+        let nan = m.value.is_nan();
+        (nan, if nan { 0.0 } else { sign * m.value })
+    };
+    for bucket in buckets.values() {
+        let pick = |sign: f64| {
+            bucket
+                .iter()
+                .min_by(|a, b| rank(a, sign).partial_cmp(&rank(b, sign)).unwrap())
+                .unwrap()
+        };
+        let (lowest, highest) = (pick(1.0), pick(-1.0));
+        for point in [bucket[0], lowest, highest, bucket[bucket.len() - 1]] {
+            if !kept.iter().any(|k| same_point(k, point)) {
+                kept.push(point.clone());
+            }
+        }
+    }
+    kept.sort_by_key(|m| (m.step, m.timestamp));
+    kept
+}
+
+fn same_point(a: &crate::Metric, b: &crate::Metric) -> bool {
+    a.step == b.step
+        && a.timestamp == b.timestamp
+        && (a.value == b.value || (a.value.is_nan() && b.value.is_nan()))
+}
+
+fn assert_same_points(got: &[crate::Metric], want: &[crate::Metric]) {
+    let show = |ms: &[crate::Metric]| -> Vec<(i64, i64, String)> {
+        ms.iter()
+            .map(|m| (m.step, m.timestamp, m.value.to_string()))
+            .collect()
+    };
+    assert_eq!(show(got), show(want));
+}
+
+/// A chart's sample of a long history is chosen in the database: the range is cut into
+/// `max / 4` step buckets, each keeping its first, last, lowest and highest point.
+pub async fn metric_samples_keep_each_buckets_ends_and_extremes(store: DynStore) {
+    use crate::{Metric, NewTrackingRun};
+    let tracking = store.tracking();
+    let run = run_id("5a", 1);
+    tracking
+        .create_tracking_run(&NewTrackingRun {
+            run_id: run.clone(),
+            experiment_id: 0,
+            name: "long".to_owned(),
+            user_id: "u".to_owned(),
+            start_time: 1,
+            artifact_uri: format!("mem:/{run}"),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+    let point = |key: &str, step: i64, timestamp: i64, value: f64| Metric {
+        key: key.to_owned(),
+        value,
+        timestamp,
+        step,
+    };
+    // 10,000 steps of a scattered curve, with a spike, a dip, a NaN among numbers, a bucket of
+    // NaN only, and a step logged twice.
+    let mut loss: Vec<Metric> = (0..10_000i64)
+        .map(|s| point("loss", s, 1_000 + s, ((s * 37) % 101) as f64 / 10.0))
+        .collect();
+    loss[4321].value = 1e6;
+    loss[777].value = -1e6;
+    loss[5050].value = f64::NAN;
+    for p in &mut loss[9_100..9_200] {
+        p.value = f64::NAN;
+    }
+    loss.insert(2_001, point("loss", 2_000, 5, 3.5));
+    for chunk in loss.chunks(1_000) {
+        tracking.log_batch(&run, chunk, &[], &[]).await.unwrap();
+    }
+    loss.sort_by(|a, b| {
+        (a.step, a.timestamp)
+            .cmp(&(b.step, b.timestamp))
+            .then(a.value.total_cmp(&b.value))
+    });
+
+    // 400 points: 100 buckets of 100 steps.
+    let sample = tracking
+        .metric_sample(&run, "loss", i64::MIN, i64::MAX, 400)
+        .await
+        .unwrap();
+    assert!(sample.len() <= 400, "{} points", sample.len());
+    assert_same_points(&sample, &m4_reference(&loss, 0, 100));
+    assert_eq!(sample.first().map(|m| m.step), Some(0));
+    assert_eq!(sample.last().map(|m| m.step), Some(9_999));
+    assert!(sample.iter().any(|m| m.value == 1e6) && sample.iter().any(|m| m.value == -1e6));
+    let nan_only = sample
+        .iter()
+        .filter(|m| (9_100..9_200).contains(&m.step))
+        .count();
+    assert_eq!(nan_only, 2, "a NaN-only bucket keeps its first and last");
+    assert!(
+        sample
+            .iter()
+            .filter(|m| (5_000..5_100).contains(&m.step))
+            .all(|m| !m.value.is_nan()),
+        "a NaN among numbers is neither the lowest nor the highest"
+    );
+
+    // A zoomed window: 1,000 steps in 80 points, 20 buckets of 50 steps from step 3,000.
+    let window: Vec<Metric> = loss
+        .iter()
+        .filter(|m| (3_000..=3_999).contains(&m.step))
+        .cloned()
+        .collect();
+    let zoomed = tracking
+        .metric_sample(&run, "loss", 3_000, 3_999, 80)
+        .await
+        .unwrap();
+    assert_same_points(&zoomed, &m4_reference(&window, 3_000, 50));
+
+    // A range holding no more than `max` points comes back whole, both rows of step 2,000 too.
+    let whole = tracking
+        .metric_sample(&run, "loss", 1_990, 2_010, 2_500)
+        .await
+        .unwrap();
+    let expected: Vec<Metric> = loss
+        .iter()
+        .filter(|m| (1_990..=2_010).contains(&m.step))
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 22);
+    assert_same_points(&whole, &expected);
+
+    // Fewer than four points: the ends, and the last alone for one.
+    let two = tracking
+        .metric_sample(&run, "loss", 10, 20, 2)
+        .await
+        .unwrap();
+    assert_eq!(two.iter().map(|m| m.step).collect::<Vec<_>>(), vec![10, 20]);
+    let one = tracking
+        .metric_sample(&run, "loss", i64::MIN, i64::MAX, 1)
+        .await
+        .unwrap();
+    assert_eq!(one.iter().map(|m| m.step).collect::<Vec<_>>(), vec![9_999]);
+
+    // Many points at one step (a metric logged without steps) stay bounded.
+    let flat: Vec<Metric> = (0..500i64)
+        .map(|t| point("flat", 0, t, (t % 7) as f64))
+        .collect();
+    tracking.log_batch(&run, &flat, &[], &[]).await.unwrap();
+    let sample = tracking
+        .metric_sample(&run, "flat", i64::MIN, i64::MAX, 100)
+        .await
+        .unwrap();
+    let kept: Vec<(i64, f64)> = sample.iter().map(|m| (m.timestamp, m.value)).collect();
+    assert_eq!(kept, vec![(0, 0.0), (6, 6.0), (499, 2.0)]);
+
+    // Negative steps and a range wider than any history.
+    let signed: Vec<Metric> = (-300..300i64)
+        .map(|s| point("signed", s, 0, (s * s) as f64))
+        .collect();
+    tracking.log_batch(&run, &signed, &[], &[]).await.unwrap();
+    let sample = tracking
+        .metric_sample(&run, "signed", i64::MIN, i64::MAX, 40)
+        .await
+        .unwrap();
+    assert_same_points(&sample, &m4_reference(&signed, -300, 60));
+
+    assert!(
+        tracking
+            .metric_sample(&run, "absent", 0, 10, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let unknown = tracking
+        .metric_sample(&run_id("5b", 1), "loss", 0, 10, 100)
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
     );
 }
 

@@ -300,13 +300,6 @@ pub struct Page<T> {
     pub next_offset: Option<u64>,
 }
 
-/// A metric point of one run, as returned for several runs at once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunMetric {
-    pub run_id: String,
-    pub metric: Metric,
-}
-
 #[async_trait]
 pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
     /// Creates an experiment; a taken name is a [`StoreError::Conflict`].
@@ -355,16 +348,19 @@ pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
         limit: u32,
         offset: u64,
     ) -> Result<Page<Metric>>;
-    /// The distinct steps at which a run logged a metric, between `start` and `end` inclusive.
-    async fn metric_steps(&self, run_id: &str, key: &str, start: i64, end: i64)
-    -> Result<Vec<i64>>;
-    /// Points of a metric of several runs at the given steps, by run, step and timestamp.
-    async fn metrics_at_steps(
+    /// A chart's worth of a metric's points between steps `start` and `end` inclusive, in step,
+    /// then timestamp order: every point when there are at most `max`; otherwise at most `max`
+    /// points chosen in the database, the first and last of the range always among them, and
+    /// in each of `max / 4` equal step buckets its first, last, lowest and highest point
+    /// (see `sample.rs`). An unknown run is [`StoreError::NotFound`].
+    async fn metric_sample(
         &self,
-        run_ids: &[String],
+        run_id: &str,
         key: &str,
-        steps: &[i64],
-    ) -> Result<Vec<RunMetric>>;
+        start: i64,
+        end: i64,
+        max: u32,
+    ) -> Result<Vec<Metric>>;
 }
 
 pub type DynTrackingStore = Arc<dyn TrackingStore>;
@@ -1091,7 +1087,7 @@ macro_rules! tracking_impl {
             use $crate::tracking::{
                 Arg, DatasetInput, Experiment, ExperimentQuery, ExperimentRow,
                 InputRow, KeyValue, Metric, MetricRow, NewTrackingRun, OwnedKeyValueRow, Page,
-                RunInfo, RunMetric, RunQuery, RunUpdate, Sql, TrackingRun, ACTIVE,
+                RunInfo, RunQuery, RunUpdate, Sql, TrackingRun, ACTIVE,
                 DELETED, EXPERIMENT_COLUMNS, RUN_INFO_COLUMNS,
             };
             use $crate::{Millis, Result, StoreError};
@@ -1643,50 +1639,58 @@ macro_rules! tracking_impl {
                     })
                 }
 
-                async fn metric_steps(&self, run_id: &str, key: &str, start: i64, end: i64) -> Result<Vec<i64>> {
-                    sqlx::query_scalar(
-                        "SELECT DISTINCT step FROM tracking_metrics WHERE run_id = $1 AND key = $2 \
-                         AND step >= $3 AND step <= $4 ORDER BY step",
-                    )
-                    .bind(run_id)
-                    .bind(key)
-                    .bind(start)
-                    .bind(end)
-                    .fetch_all(&self.pool)
-                    .await
-                    .ctx("reading the steps of a metric")
-                }
-
-                async fn metrics_at_steps(
+                async fn metric_sample(
                     &self,
-                    run_ids: &[String],
+                    run_id: &str,
                     key: &str,
-                    steps: &[i64],
-                ) -> Result<Vec<RunMetric>> {
-                    if run_ids.is_empty() || steps.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let mut sql = Sql::default();
-                    sql.push(
-                        "SELECT run_id, key, value, is_nan, timestamp, step FROM tracking_metrics \
-                         WHERE key = ",
-                    );
-                    sql.arg(Arg::Text(key.to_owned())).push(" AND run_id IN ");
-                    sql.list(run_ids.iter().cloned().map(Arg::Text));
-                    sql.push(" AND step IN ");
-                    sql.list(steps.iter().map(|step| Arg::Int(*step)));
-                    sql.push(" ORDER BY run_id, step, timestamp, value");
-                    let rows = bind_all!(sqlx::query_as::<_, MetricRow>(AssertSqlSafe(sql.text)), sql.args)
-                        .fetch_all(&self.pool)
+                    start: i64,
+                    end: i64,
+                    max: u32,
+                ) -> Result<Vec<Metric>> {
+                    let mut conn = self.pool.acquire().await.ctx("connecting")?;
+                    require_run(&mut conn, run_id).await?;
+                    let in_range = "FROM tracking_metrics \
+                                    WHERE run_id = $1 AND key = $2 AND step BETWEEN $3 AND $4";
+                    // How many points the range holds (counting no further than one past `max`)
+                    // and its first and last step: three index lookups.
+                    let (count, lo, hi): (i64, Option<i64>, Option<i64>) =
+                        sqlx::query_as(AssertSqlSafe(format!(
+                            "SELECT (SELECT COUNT(*) FROM (SELECT 1 {in_range} LIMIT $5) AS c), \
+                             (SELECT MIN(step) {in_range}), (SELECT MAX(step) {in_range})"
+                        )))
+                        .bind(run_id)
+                        .bind(key)
+                        .bind(start)
+                        .bind(end)
+                        .bind(i64::from(max) + 1)
+                        .fetch_one(&mut *conn)
                         .await
-                        .ctx("reading metrics at steps")?;
-                    Ok(rows
-                        .into_iter()
-                        .map(|row| RunMetric {
-                            run_id: row.run_id.clone(),
-                            metric: row.into_metric(),
-                        })
-                        .collect())
+                        .ctx("sizing a metric history")?;
+                    let rows: Vec<MetricRow> = match (lo, hi) {
+                        (Some(lo), Some(hi)) if count > i64::from(max) => {
+                            let bounds = $crate::sample::bucket_bounds(lo, hi, max);
+                            sqlx::query_as(AssertSqlSafe($crate::sample::sample_sql($dialect, &bounds)))
+                                .persistent(false)
+                                .bind(run_id)
+                                .bind(key)
+                                .fetch_all(&mut *conn)
+                                .await
+                                .ctx("sampling a metric history")?
+                        }
+                        _ => sqlx::query_as(AssertSqlSafe(format!(
+                            "SELECT run_id, key, value, is_nan, timestamp, step {in_range} \
+                             ORDER BY step, timestamp, value, is_nan"
+                        )))
+                        .bind(run_id)
+                        .bind(key)
+                        .bind(start)
+                        .bind(end)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .ctx("reading a metric history")?,
+                    };
+                    let points = rows.into_iter().map(MetricRow::into_metric).collect();
+                    Ok($crate::sample::keep_ends(points, max as usize))
                 }
             }
         };

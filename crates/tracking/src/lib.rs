@@ -517,22 +517,6 @@ async fn metric_history(State(t): St, req: Req) -> Reply {
     ok(body)
 }
 
-/// Evenly spaced steps out of `steps`, always keeping the first and the last.
-pub fn sample_steps(steps: &[i64], max: usize) -> Vec<i64> {
-    if steps.len() <= max {
-        return steps.to_vec();
-    }
-    if max <= 1 {
-        return steps.first().copied().into_iter().collect();
-    }
-    let last = steps.len() - 1;
-    let mut picked: Vec<i64> = (0..max)
-        .map(|i| steps[(i * last + (max - 1) / 2) / (max - 1)])
-        .collect();
-    picked.dedup();
-    picked
-}
-
 async fn metric_history_bulk_interval(State(t): St, req: Req) -> Reply {
     let run_ids = req.strings("run_ids")?;
     if run_ids.is_empty() || run_ids.len() > MAX_BULK_RUNS {
@@ -548,8 +532,8 @@ async fn metric_history_bulk_interval(State(t): St, req: Req) -> Reply {
                 "max_results must be between 1 and {MAX_BULK_POINTS}"
             )));
         }
-        Some(n) => n as usize,
-        None => MAX_BULK_POINTS as usize,
+        Some(n) => n as u32,
+        None => MAX_BULK_POINTS,
     };
     let (start, end) = match (req.opt_i64("start_step")?, req.opt_i64("end_step")?) {
         (Some(start), Some(end)) if start > end => {
@@ -567,15 +551,9 @@ async fn metric_history_bulk_interval(State(t): St, req: Req) -> Reply {
     };
     let mut metrics = Vec::new();
     for id in &run_ids {
-        let steps = t.store.metric_steps(id, &key, start, end).await?;
-        let sampled = sample_steps(&steps, max);
-        for point in t
-            .store
-            .metrics_at_steps(std::slice::from_ref(id), &key, &sampled)
-            .await?
-        {
-            let mut value = wire::metric_json(&point.metric);
-            value["run_id"] = Value::String(point.run_id);
+        for point in t.store.metric_sample(id, &key, start, end, max).await? {
+            let mut value = wire::metric_json(&point);
+            value["run_id"] = Value::String(id.clone());
             metrics.push(value);
         }
     }
@@ -621,20 +599,4 @@ async fn upload_artifact(State(t): St, Path(path): Path<String>, body: Body) -> 
 async fn delete_artifact(State(t): St, Path(path): Path<String>) -> Reply {
     t.files.delete(&path).await?;
     ok(json!({}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sample_steps;
-
-    #[test]
-    fn sampling_keeps_the_ends_and_spreads_evenly() {
-        let steps: Vec<i64> = (0..100).collect();
-        let picked = sample_steps(&steps, 5);
-        assert_eq!(picked.first(), Some(&0));
-        assert_eq!(picked.last(), Some(&99));
-        assert_eq!(picked.len(), 5);
-        assert_eq!(sample_steps(&steps[..3], 5), vec![0, 1, 2]);
-        assert_eq!(sample_steps(&steps, 1), vec![0]);
-    }
 }
