@@ -5,7 +5,7 @@
 //! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image. Without it these tests are
 //! skipped with a notice, unless `CAPSTAN_REQUIRE_CONTAINERS=1` turns the skip into a failure.
 
-use crate::util::{Dir, statuses, task};
+use crate::util::{Dir, outputs_by_task, statuses, task};
 
 const IMAGE: &str = "localhost/capstan-busybox:latest";
 
@@ -222,34 +222,6 @@ fn an_unsupported_engine_url_is_reported_before_the_run() {
 /// The Debian image with python3 that `scripts/podman-python-image.sh` builds.
 const PYTHON_IMAGE: &str = "localhost/capstan-python:latest";
 
-/// Every task's outputs, by task name: parameter values and artifact digests.
-fn outputs_by_task(run: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
-    let mut out: Vec<(String, serde_json::Value)> = run["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let artifacts: serde_json::Map<String, serde_json::Value> = t["outputs"]["artifacts"]
-                .as_object()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.clone(), v["digest"].clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
-                t["name"].as_str().unwrap().to_string(),
-                serde_json::json!({
-                    "parameters": t["outputs"]["parameters"],
-                    "artifacts": artifacts,
-                }),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 #[test]
 fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
     let Some(host) = engine() else { return };
@@ -321,4 +293,44 @@ fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
         "{}",
         logs.stdout
     );
+}
+
+/// Debian with python3 and the kfp SDK, which `scripts/podman-kfp-image.sh` builds.
+const KFP_IMAGE: &str = "localhost/capstan-kfp:latest";
+
+#[test]
+fn a_kfp_pipeline_runs_in_containers_with_the_same_outputs_as_locally() {
+    let Some(host) = engine() else { return };
+    let Some(bin) = crate::kfp::kfp_bin() else {
+        return;
+    };
+    let dir = Dir::new();
+    let pipeline = crate::kfp_executors::compile(&dir, &bin, Some(KFP_IMAGE));
+    let in_containers = |extra: &[&str], network: &str| {
+        let mut args = vec!["run", pipeline.as_str(), "--executor", "container"];
+        args.extend(extra);
+        let out = crate::kfp::kfp_command(&dir, &bin, &args)
+            .env("CONTAINER_HOST", &host)
+            .env_remove("DOCKER_HOST")
+            .env("CAPSTAN_CONTAINER_NETWORK", network)
+            .output()
+            .expect("spawn capstan");
+        let run = crate::util::Run::from(out);
+        run.ok();
+        run.run_id()
+    };
+    let id = in_containers(&[], "none");
+    crate::kfp_executors::check_against_local(&dir, &bin, &pipeline, &id, "container");
+    // Without a network (the default) the steps cannot reach the run's tracking server: the
+    // metric is in the Metrics artifact's metadata only.
+    let evaluate = crate::kfp::task_tracking_run(&dir, &bin, &id, "evaluate");
+    assert!(
+        evaluate["data"]["metrics"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "{evaluate:#}"
+    );
+    // With the host's network it lands on the task's tracking run, as for local steps.
+    let id = in_containers(&["--no-cache"], "host");
+    crate::kfp_executors::check_metric_logged(&dir, &bin, &id);
 }

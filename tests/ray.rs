@@ -8,7 +8,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -97,6 +98,38 @@ fn first_run_id(dir: &Dir) -> Option<String> {
         .and_then(|runs| runs.first())
         .and_then(|r| r["id"].as_str())
         .map(str::to_string)
+}
+
+/// Starts `capstan run PIPELINE --executor ray -q` in the background.
+fn spawn_on_ray(dir: &Dir, address: &str, pipeline: &Path) -> Child {
+    on_ray(
+        dir,
+        address,
+        &["run", pipeline.to_str().unwrap(), "--executor", "ray", "-q"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until the only run in `dir` has a RUNNING Ray job for `task` and `also` holds; returns
+/// the run id and the job.
+fn running_job(dir: &Dir, address: &str, task: &str, also: impl Fn() -> bool) -> (String, Value) {
+    let mut found = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            found = first_run_id(dir).and_then(|id| {
+                let job = jobs_of(address, &id, task)
+                    .into_iter()
+                    .find(|j| j["status"] == "RUNNING")?;
+                Some((id, job))
+            });
+            found.is_some() && also()
+        }),
+        "no running Ray job for `{task}`"
+    );
+    found.unwrap()
 }
 
 #[test]
@@ -236,25 +269,8 @@ fn cancel_and_timeout_stop_the_ray_job() {
         "p.yaml",
         "name: ray-stop\nsteps:\n  slow: {run: [sh, -c, \"echo started; sleep 120\"]}\n  capped: {run: [sleep, \"120\"], timeout: 3s}\n",
     );
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut id = None;
-    assert!(eventually(Duration::from_secs(60), || {
-        id = first_run_id(&dir);
-        id.as_ref().is_some_and(|id| {
-            jobs_of(&address, id, "slow")
-                .iter()
-                .any(|j| j["status"] == "RUNNING")
-        })
-    }));
-    let id = id.unwrap();
+    let mut child = spawn_on_ray(&dir, &address, &path);
+    let (id, _) = running_job(&dir, &address, "slow", || true);
     // The timeout fires first; then the run is cancelled.
     assert!(eventually(Duration::from_secs(60), || {
         task(&dir.show(&id), "capped")["status"] == "failed"
@@ -292,25 +308,9 @@ fn a_job_stopped_behind_capstans_back_fails_the_attempt_and_is_retried() {
         m = marker.display()
     );
     let path = dir.write("p.yaml", &yaml);
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut job = None;
-    assert!(eventually(Duration::from_secs(60), || {
-        job = first_run_id(&dir).and_then(|id| {
-            jobs_of(&address, &id, "victim")
-                .into_iter()
-                .find(|j| j["status"] == "RUNNING")
-        });
-        job.is_some() && marker.exists()
-    }));
-    let submission = job.unwrap()["submission_id"].as_str().unwrap().to_string();
+    let mut child = spawn_on_ray(&dir, &address, &path);
+    let (_, job) = running_job(&dir, &address, "victim", || marker.exists());
+    let submission = job["submission_id"].as_str().unwrap().to_string();
     let (status, body) = ray_http(&address, "POST", &format!("/api/jobs/{submission}/stop"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -333,15 +333,7 @@ fn resume_after_kill_dash_nine_reattaches_to_the_running_job() {
         s = started.display()
     );
     let path = dir.write("p.yaml", &yaml);
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = spawn_on_ray(&dir, &address, &path);
     assert!(eventually(Duration::from_secs(60), || started.exists()));
     let _ = child.kill(); // SIGKILL: the Ray job outlives its orchestrator
     let _ = child.wait();
@@ -405,4 +397,27 @@ fn step_exec_refuses_an_envelope_it_cannot_read() {
     // Hidden: users do not see it in the help.
     let help = dir.run(&["--help"]);
     assert!(!help.stdout.contains("step-exec"), "{}", help.stdout);
+}
+
+#[test]
+fn a_kfp_pipeline_runs_on_ray_with_the_same_outputs_as_locally() {
+    let Some(address) = ray_address() else { return };
+    let Some(bin) = crate::kfp::kfp_bin() else {
+        return;
+    };
+    let dir = Dir::new();
+    // As pipelines.py compiles components: capstan satisfies their `pip install` preamble with a
+    // Python environment on this machine, where the Ray head's workers run.
+    let pipeline = crate::kfp_executors::compile(&dir, &bin, None);
+    let out = crate::kfp::kfp_command(&dir, &bin, &["run", &pipeline, "--executor", "ray"])
+        .env("RAY_ADDRESS", &address)
+        .output()
+        .expect("spawn capstan");
+    let run = Run::from(out);
+    run.ok();
+    let id = run.run_id();
+    crate::kfp_executors::check_against_local(&dir, &bin, &pipeline, &id, "ray");
+    assert_eq!(jobs_of(&address, &id, "for-loop-1/shard[1]").len(), 1);
+    // The worker logged the Metrics output to the task's tracking run.
+    crate::kfp_executors::check_metric_logged(&dir, &bin, &id);
 }

@@ -333,3 +333,31 @@ impl Api {
         }
     }
 }
+
+/// Every task's outputs, by task name: parameter values and artifact digests.
+pub fn outputs_by_task(run: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let artifacts: serde_json::Map<String, serde_json::Value> = t["outputs"]["artifacts"]
+                .as_object()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), v["digest"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                serde_json::json!({
+                    "parameters": t["outputs"]["parameters"],
+                    "artifacts": artifacts,
+                }),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
