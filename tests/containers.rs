@@ -2,7 +2,8 @@
 //!
 //! `CAPSTAN_TEST_CONTAINER_HOST` names the engine, as printed by `scripts/podman-setup.sh`, which
 //! also builds the `localhost/capstan-busybox:latest` image used here and, through
-//! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image. Without it these tests are
+//! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image and
+//! `localhost/capstan-kfp:latest` (the same with the kfp SDK). Without it these tests are
 //! skipped with a notice, unless `CAPSTAN_REQUIRE_CONTAINERS=1` turns the skip into a failure.
 
 use crate::util::{Dir, outputs_by_task, statuses, task};
@@ -295,7 +296,7 @@ fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
     );
 }
 
-/// Debian with python3 and the kfp SDK, which `scripts/podman-kfp-image.sh` builds.
+/// Debian with python3 and the kfp SDK, which `scripts/podman-python-image.sh kfp` builds.
 const KFP_IMAGE: &str = "localhost/capstan-kfp:latest";
 
 #[test]
@@ -333,4 +334,72 @@ fn a_kfp_pipeline_runs_in_containers_with_the_same_outputs_as_locally() {
     // With the host's network it lands on the task's tracking run, as for local steps.
     let id = in_containers(&["--no-cache"], "host");
     crate::kfp_executors::check_metric_logged(&dir, &bin, &id);
+}
+
+/// A bare request to the engine on its unix socket.
+fn engine_http(host: &str, method: &str, path: &str) -> (u16, String) {
+    let socket = host.trim_start_matches("unix://");
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).expect("connect to the engine");
+    crate::util::http_request(&mut conn, "d", method, path)
+}
+
+#[test]
+fn a_container_removed_behind_capstans_back_fails_the_attempt_and_is_retried() {
+    let Some(host) = engine() else { return };
+    let dir = Dir::new();
+    let marker = dir.path().join("second");
+    let pipeline = dir.write(
+        "vanish.yaml",
+        &format!(
+            "name: vanish\nsteps:\n  victim:\n    image: {IMAGE}\n    run: [sh, -c, \"test -e {m} && exit 0; touch {m}; sleep 120\"]\n    retries: {{limit: 1, backoff: 0s}}\n",
+            m = marker.display()
+        ),
+    );
+    let child = dir
+        .command(&["run", pipeline.to_str().unwrap(), "--executor", "container"])
+        .env("CONTAINER_HOST", &host)
+        .env_remove("DOCKER_HOST")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first attempt's container, once its step runs.
+    let mut victim = None;
+    assert!(crate::util::eventually(
+        std::time::Duration::from_secs(60),
+        || {
+            let Some(run_id) = crate::ray::first_run_id(&dir) else {
+                return false;
+            };
+            let (status, body) = engine_http(&host, "GET", "/containers/json");
+            assert_eq!(status, 200, "{body}");
+            let containers: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+            victim = containers
+                .into_iter()
+                .find(|c| {
+                    c["Labels"]["capstan.run"] == run_id.as_str()
+                        && c["Labels"]["capstan.task"] == "victim"
+                        && c["Labels"]["capstan.attempt"] == "1"
+                })
+                .and_then(|c| c["Id"].as_str().map(str::to_string));
+            victim.is_some() && marker.exists()
+        }
+    ));
+    let id = victim.unwrap();
+    // As `podman rm -f` would.
+    let (status, body) = engine_http(&host, "DELETE", &format!("/containers/{id}?force=true"));
+    assert!(status < 300, "{status} {body}");
+    let out = crate::util::wait_output(child, std::time::Duration::from_secs(90));
+    out.ok();
+    // The first attempt failed naming the container, and the retry succeeded.
+    assert!(
+        out.stderr
+            .contains(&format!("attempt 1: step victim: container {}", &id[..12])),
+        "{}",
+        out.stderr
+    );
+    let run = dir.show(&out.run_id());
+    let victim = task(&run, "victim");
+    assert_eq!(victim["status"], "succeeded", "{run:#}");
+    assert_eq!(victim["attempts"], 2, "{run:#}");
 }

@@ -6,7 +6,6 @@
 //! whose entrypoint is this build's `capstan step-exec`; the head is on this machine, so the
 //! workspace's `file://` artifact store is shared by the head and its workers.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Dir, Run, eventually, repo_root, statuses, task, wait_with_timeout};
+use crate::util::{
+    Dir, Run, cancel_run, eventually, http_request, repo_root, statuses, succeeded_on, task,
+    wait_with_timeout,
+};
 
 pub fn ray_address() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_RAY_ADDRESS") {
@@ -45,38 +47,7 @@ fn run_on_ray(dir: &Dir, address: &str, args: &[&str]) -> Run {
 fn ray_http(address: &str, method: &str, path: &str) -> (u16, String) {
     let host = address.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = TcpStream::connect(host).expect("connect to the Ray dashboard");
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
+    http_request(&mut conn, host, method, path)
 }
 
 /// The Ray jobs capstan submitted for one task of one run.
@@ -91,7 +62,7 @@ fn jobs_of(address: &str, run_id: &str, task: &str) -> Vec<Value> {
         .collect()
 }
 
-fn first_run_id(dir: &Dir) -> Option<String> {
+pub fn first_run_id(dir: &Dir) -> Option<String> {
     let list = dir.run(&["runs", "list", "--output", "json"]);
     list.json()
         .as_array()
@@ -139,20 +110,9 @@ fn quickstart_runs_unchanged_on_ray_and_caches_like_local() {
     let pipeline = repo_root().join("examples/quickstart/pipeline.yaml");
     let pipeline = pipeline.to_str().unwrap();
     let run = run_on_ray(&dir, &address, &["run", pipeline, "--executor", "ray"]);
-    run.ok();
-    let id = run.run_id();
-    let shown = dir.show(&id);
-    assert_eq!(shown["status"], "succeeded", "{shown:#}");
-    for t in shown["tasks"].as_array().unwrap() {
-        assert_eq!(t["executor"], "ray", "{t:#}");
-        assert_eq!(t["attempts"], 1, "{t:#}");
-    }
+    let (id, shown) = succeeded_on(&dir, &run, "ray");
     // Steps' output reached the task logs, without the job manager's banner.
-    let logs = dir
-        .run(&["runs", "logs", &id, "register"])
-        .ok()
-        .stdout
-        .clone();
+    let logs = dir.task_log(&id, "register");
     assert!(logs.contains("registered model"), "{logs}");
     assert!(!logs.contains("step-exec --envelope"), "{logs}");
     assert_eq!(jobs_of(&address, &id, "data").len(), 1);
@@ -275,12 +235,7 @@ fn cancel_and_timeout_stop_the_ray_job() {
     assert!(eventually(Duration::from_secs(60), || {
         task(&dir.show(&id), "capped")["status"] == "failed"
     }));
-    dir.run(&["runs", "cancel", &id]).ok();
-    let code = wait_with_timeout(&mut child, Duration::from_secs(60));
-    assert_ne!(code, Some(0));
-    let shown = dir.show(&id);
-    assert_eq!(shown["status"], "cancelled", "{shown:#}");
-    assert_eq!(task(&shown, "slow")["status"], "cancelled");
+    let shown = cancel_run(&dir, &mut child, &id, "slow");
     let capped = task(&shown, "capped");
     assert!(
         capped["message"].as_str().unwrap().contains("timed out"),
