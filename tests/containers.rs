@@ -126,6 +126,35 @@ steps:
 }
 
 #[test]
+fn the_pipelines_executor_is_the_default_and_the_flag_overrides_it() {
+    let Some(host) = engine() else { return };
+    let dir = Dir::new();
+    let pipeline = dir.write(
+        "default.yaml",
+        &format!(
+            "name: default\nexecutor: container\nsteps:\n  boxed:\n    image: {IMAGE}\n    run: [sh, -c, \"echo boxed\"]\n  pinned:\n    executor: local\n    run: [sh, -c, \"echo pinned\"]\n"
+        ),
+    );
+    let pipeline = pipeline.to_str().unwrap();
+    let executors = |args: &[&str]| {
+        let out = run_in(&dir, &host, args);
+        out.ok();
+        let run = dir.show(&out.run_id());
+        [
+            task(&run, "boxed")["executor"].clone(),
+            task(&run, "pinned")["executor"].clone(),
+        ]
+    };
+    // The pipeline's `executor:` for steps that name none; a step's own wins.
+    assert_eq!(executors(&["run", pipeline]), ["container", "local"]);
+    // `--executor` beats the pipeline's default, not the step's own.
+    assert_eq!(
+        executors(&["run", pipeline, "--executor", "local", "--no-cache"]),
+        ["local", "local"]
+    );
+}
+
+#[test]
 fn a_failing_container_step_fails_the_run_with_its_exit_code() {
     let Some(host) = engine() else { return };
     let dir = Dir::new();
@@ -306,7 +335,7 @@ fn a_kfp_pipeline_runs_in_containers_with_the_same_outputs_as_locally() {
         return;
     };
     let dir = Dir::new();
-    let pipeline = crate::kfp_executors::compile(&dir, &bin, Some(KFP_IMAGE));
+    let pipeline = crate::kfp_executors::compile(&dir, &bin, Some((KFP_IMAGE, IMAGE)));
     let in_containers = |extra: &[&str], network: &str| {
         let mut args = vec!["run", pipeline.as_str(), "--executor", "container"];
         args.extend(extra);

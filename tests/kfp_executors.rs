@@ -11,15 +11,18 @@ use serde_json::{Value, json};
 use crate::kfp::{capstan, task_tracking_run};
 use crate::util::{Dir, outputs_by_task, repo_root, statuses, task};
 
-/// Compiles the pipeline into `dir` with the venv's kfp (`bin`): its Python components run in
-/// `image`, which holds kfp; without one, as `examples/kfp/pipelines.py` compiles them
-/// (`python:3.11` and kfp's `pip install` preamble).
-pub fn compile(dir: &Dir, bin: &Path, image: Option<&str>) -> String {
+/// Compiles the pipeline into `dir` with the venv's kfp (`bin`). With `images`, its Python
+/// components run in the first, which holds kfp, and its container component in the second;
+/// without, they are compiled as `examples/kfp/pipelines.py` compiles them (`python:3.11` and
+/// kfp's `pip install` preamble; `busybox:1.36`).
+pub fn compile(dir: &Dir, bin: &Path, images: Option<(&str, &str)>) -> String {
     let out = dir.path().join("executors.yaml");
     let mut cmd = Command::new(bin.join("python"));
     cmd.arg(repo_root().join("tests/kfp_executors.py"))
         .arg(&out);
-    cmd.args(image);
+    if let Some((python, shell)) = images {
+        cmd.args([python, shell]);
+    }
     let done = cmd.output().expect("run the kfp compiler");
     assert!(
         done.status.success(),
@@ -65,6 +68,7 @@ pub fn check_against_local(
     assert_eq!(
         names,
         [
+            "count-lines",
             "evaluate",
             "for-loop-1/shard[0]",
             "for-loop-1/shard[1]",
@@ -79,6 +83,10 @@ pub fn check_against_local(
         assert_eq!(t["status"], "succeeded", "{t:#}");
         assert_eq!(t["executor"], executor, "{t:#}");
     }
+    assert_eq!(
+        task(&shown, "count-lines")["outputs"]["parameters"]["lines"],
+        4
+    );
     assert_eq!(
         task(&shown, "train")["outputs"]["parameters"]["Output"],
         2.0

@@ -152,6 +152,7 @@ steps:
   flaky:
     run: [sh, -c, "test -e {m} || {{ touch {m}; echo first attempt fails; exit 3; }}; cat $0/a.txt $0/sub/b.txt | wc -w | tr -d ' ' > {{{{ outputs.count }}}}", "{{{{ steps.produce.outputs.corpus }}}}"]
     retries: {{limit: 2, backoff: 0s}}
+    resources: {{cpu: 0.5, memory: 64Mi}}
     outputs:
       parameters: {{count: int}}
   check:
@@ -173,7 +174,8 @@ steps:
     assert_eq!(flaky["attempts"], 2, "{flaky:#}");
     assert_eq!(flaky["outputs"]["parameters"]["count"], 3, "{flaky:#}");
     assert_eq!(task(&shown, "check")["status"], "succeeded");
-    // One Ray job per attempt, each with its own submission id.
+    // One Ray job per attempt, each with its own submission id. (The head accepted the step's
+    // resources as the entrypoint's; its job listing does not show them.)
     assert_eq!(jobs_of(&address, &id, "flaky").len(), 2);
     // The directory artifact round-trips with its digest.
     let corpus = &task(&shown, "produce")["outputs"]["artifacts"]["corpus"];
