@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
-# Builds the local image `localhost/capstan-python:latest`: a minimal Debian (debootstrap
-# --variant=minbase) with python3 and its standard library, for running Python pipelines (the
-# quickstart) with `--executor container` where no registry can be reached.
+# Builds local Python images for running Python pipelines with `--executor container` where no
+# registry can be reached, and prints the image name on its last line:
+#
+#   scripts/podman-python-image.sh       localhost/capstan-python:latest: a minimal Debian
+#                                        (debootstrap --variant=minbase) with python3 and its
+#                                        standard library (the quickstart)
+#   scripts/podman-python-image.sh kfp   localhost/capstan-kfp:latest: the same with the kfp SDK,
+#                                        for KFP pipelines whose Python components run kfp's own
+#                                        executor (`python3 -m kfp.dsl.executor_main`)
 #
 # Idempotent and cached: the root file system is bootstrapped once into a tarball under
 # ${CAPSTAN_IMAGE_CACHE:-/var/tmp/capstan-images}, from the Debian mirror and release that this
-# machine's apt sources already use; the image is imported from it only when Podman lacks it.
-# Needs root (debootstrap and podman run as root here). Prints the image name on its last line.
+# machine's apt sources already use; an image is imported from it only when Podman lacks it.
+#
+# kfp: the version is the one in the venv of scripts/python-env.sh ($CAPSTAN_VENV), the one that
+# compiles the test pipelines. It and its dependencies are installed with that venv's pip, from
+# the package index pip reaches, into the image's /usr/local/lib/python3.X/dist-packages, and
+# kept as a second tarball in the cache. The venv's interpreter must have the image's python3
+# version, since some of those wheels are built for one.
+#
+# Needs root (debootstrap and podman run as root here).
 set -euo pipefail
 
-image="localhost/capstan-python:latest"
+flavour="${1:-python}"
 cache="${CAPSTAN_IMAGE_CACHE:-/var/tmp/capstan-images}"
 tarball="$cache/debian-minbase-python3.tar"
+VENV="${CAPSTAN_VENV:-/var/tmp/capstan-venv}"
+case "$flavour" in
+    python) image="localhost/capstan-python:latest" ;;
+    kfp) image="localhost/capstan-kfp:latest" ;;
+    *) echo "usage: $0 [kfp]" >&2; exit 2 ;;
+esac
 
 log() { echo "podman-python-image: $*" >&2; }
 
@@ -36,6 +55,10 @@ mirror() {
     echo "$uri"
 }
 
+# Temporary files and directories, removed on exit.
+scratch=()
+trap 'for f in "${scratch[@]}"; do as_root rm -rf "$f"; done' EXIT
+
 if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || {
         log "installing debootstrap"
@@ -48,7 +71,7 @@ if [ ! -s "$tarball" ]; then
     suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
     url="$(mirror)"
     root="$(mktemp -d /var/tmp/capstan-rootfs.XXXXXX)"
-    trap 'as_root rm -rf "$root"' EXIT
+    scratch+=("$root")
     started=$(date +%s)
     log "bootstrapping $suite (minbase + python3) from the apt mirror into $root"
     as_root debootstrap --variant=minbase --include=python3 "$suite" "$root" "$url" >&2
@@ -61,8 +84,46 @@ if [ ! -s "$tarball" ]; then
     log "bootstrapped in $(($(date +%s) - started))s: $(du -h "$tarball" | cut -f1)"
 fi
 
-log "importing $image from $tarball"
+source="$tarball"
+if [ "$flavour" = kfp ]; then
+    version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kfp"))' 2>/dev/null)" || {
+        log "no kfp in $VENV; run scripts/python-env.sh first"
+        exit 1
+    }
+    # (grep stops reading early; tar's broken pipe is not a failure)
+    pyver="$(set +o pipefail; tar -tf "$tarball" | grep -m1 -oE '^\./usr/lib/python3\.[0-9]+/$' | sed -E 's#^\./usr/lib/python(3\.[0-9]+)/$#\1#')"
+    venv_pyver="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    if [ "$pyver" != "$venv_pyver" ]; then
+        log "the image has python $pyver but $VENV has $venv_pyver; their wheels would not match"
+        exit 1
+    fi
+    packages="$cache/kfp-$version-python$pyver.tar"
+    if [ ! -s "$packages" ]; then
+        stage="$(mktemp -d /var/tmp/capstan-kfp-stage.XXXXXX)"
+        scratch+=("$stage")
+        site="usr/local/lib/python$pyver/dist-packages"
+        started=$(date +%s)
+        log "installing kfp==$version and its dependencies for python $pyver"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
+            --target "$stage/$site" "kfp==$version" >&2
+        # Console scripts point at the venv's interpreter; the components never use them.
+        rm -rf "${stage:?}/$site/bin"
+        # The packages only: the base already holds dist-packages itself, and an image layer
+        # may not name a path twice.
+        (cd "$stage" && find "./$site" -mindepth 1 -maxdepth 1 -print0 | sort -z |
+            tar --null -T - -cf "$packages.tmp")
+        mv "$packages.tmp" "$packages"
+        log "installed in $(($(date +%s) - started))s: $(du -h "$packages" | cut -f1)"
+    fi
+    # One tarball: the base file system, then the packages on top.
+    source="$(mktemp /var/tmp/capstan-kfp-image.XXXXXX.tar)"
+    scratch+=("$source")
+    cp "$tarball" "$source"
+    tar -Af "$source" "$packages"
+fi
+
+log "importing $image"
 as_root podman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'CMD ["/usr/bin/python3"]' "$tarball" "$image" >&2
+    --change 'CMD ["/usr/bin/python3"]' "$source" "$image" >&2
 echo "$image"

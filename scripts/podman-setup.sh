@@ -4,7 +4,7 @@
 # Idempotent: installs `podman runc busybox-static` only when missing, writes the containers.conf
 # that works on these machines (runc, cgroupfs, explicit ulimits) only when it differs, builds the
 # test images `localhost/capstan-busybox:latest` (and, with scripts/podman-python-image.sh,
-# `localhost/capstan-python:latest`) only when they are absent, and starts the API service
+# `localhost/capstan-python:latest` and `localhost/capstan-kfp:latest`) only when they are absent, and starts the API service
 # only when its socket does not answer. The last line on stdout is the URL, so callers can do:
 #
 #   export CAPSTAN_TEST_CONTAINER_HOST="$(scripts/podman-setup.sh | tail -n1)"
@@ -63,6 +63,13 @@ fi
 
 # Debian with python3, for Python pipelines in containers (cached under /var/tmp).
 "$(dirname "$0")/podman-python-image.sh" >&2
+# The same with the kfp SDK, for KFP pipelines in containers; its kfp comes from the venv of
+# scripts/python-env.sh, which .ci/run creates first.
+if [ -x "${CAPSTAN_VENV:-/var/tmp/capstan-venv}/bin/python" ]; then
+    "$(dirname "$0")/podman-python-image.sh" kfp >&2
+else
+    log "no Python venv: skipping localhost/capstan-kfp:latest (run scripts/python-env.sh)"
+fi
 
 if ! curl -sf --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; then
     log "starting podman system service on $socket"

@@ -2,10 +2,11 @@
 //!
 //! `CAPSTAN_TEST_CONTAINER_HOST` names the engine, as printed by `scripts/podman-setup.sh`, which
 //! also builds the `localhost/capstan-busybox:latest` image used here and, through
-//! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image. Without it these tests are
+//! `scripts/podman-python-image.sh`, the Debian `localhost/capstan-python:latest` image and
+//! `localhost/capstan-kfp:latest` (the same with the kfp SDK). Without it these tests are
 //! skipped with a notice, unless `CAPSTAN_REQUIRE_CONTAINERS=1` turns the skip into a failure.
 
-use crate::util::{Dir, statuses, task};
+use crate::util::{Dir, outputs_by_task, statuses, task};
 
 const IMAGE: &str = "localhost/capstan-busybox:latest";
 
@@ -125,6 +126,35 @@ steps:
 }
 
 #[test]
+fn the_pipelines_executor_is_the_default_and_the_flag_overrides_it() {
+    let Some(host) = engine() else { return };
+    let dir = Dir::new();
+    let pipeline = dir.write(
+        "default.yaml",
+        &format!(
+            "name: default\nexecutor: container\nsteps:\n  boxed:\n    image: {IMAGE}\n    run: [sh, -c, \"echo boxed\"]\n  pinned:\n    executor: local\n    run: [sh, -c, \"echo pinned\"]\n"
+        ),
+    );
+    let pipeline = pipeline.to_str().unwrap();
+    let executors = |args: &[&str]| {
+        let out = run_in(&dir, &host, args);
+        out.ok();
+        let run = dir.show(&out.run_id());
+        [
+            task(&run, "boxed")["executor"].clone(),
+            task(&run, "pinned")["executor"].clone(),
+        ]
+    };
+    // The pipeline's `executor:` for steps that name none; a step's own wins.
+    assert_eq!(executors(&["run", pipeline]), ["container", "local"]);
+    // `--executor` beats the pipeline's default, not the step's own.
+    assert_eq!(
+        executors(&["run", pipeline, "--executor", "local", "--no-cache"]),
+        ["local", "local"]
+    );
+}
+
+#[test]
 fn a_failing_container_step_fails_the_run_with_its_exit_code() {
     let Some(host) = engine() else { return };
     let dir = Dir::new();
@@ -222,34 +252,6 @@ fn an_unsupported_engine_url_is_reported_before_the_run() {
 /// The Debian image with python3 that `scripts/podman-python-image.sh` builds.
 const PYTHON_IMAGE: &str = "localhost/capstan-python:latest";
 
-/// Every task's outputs, by task name: parameter values and artifact digests.
-fn outputs_by_task(run: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
-    let mut out: Vec<(String, serde_json::Value)> = run["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let artifacts: serde_json::Map<String, serde_json::Value> = t["outputs"]["artifacts"]
-                .as_object()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.clone(), v["digest"].clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
-                t["name"].as_str().unwrap().to_string(),
-                serde_json::json!({
-                    "parameters": t["outputs"]["parameters"],
-                    "artifacts": artifacts,
-                }),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 #[test]
 fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
     let Some(host) = engine() else { return };
@@ -321,4 +323,114 @@ fn the_quickstart_runs_unchanged_in_containers_with_the_same_outputs() {
         "{}",
         logs.stdout
     );
+}
+
+/// Debian with python3 and the kfp SDK, which `scripts/podman-python-image.sh kfp` builds.
+const KFP_IMAGE: &str = "localhost/capstan-kfp:latest";
+
+#[test]
+fn a_kfp_pipeline_runs_in_containers_with_the_same_outputs_as_locally() {
+    let Some(host) = engine() else { return };
+    let Some(bin) = crate::kfp::kfp_bin() else {
+        return;
+    };
+    let dir = Dir::new();
+    let pipeline = crate::kfp_executors::compile(&dir, &bin, Some((KFP_IMAGE, IMAGE)));
+    let in_containers = |extra: &[&str], network: &str| {
+        let mut args = vec!["run", pipeline.as_str(), "--executor", "container"];
+        args.extend(extra);
+        let out = crate::kfp::kfp_command(&dir, &bin, &args)
+            .env("CONTAINER_HOST", &host)
+            .env_remove("DOCKER_HOST")
+            .env("CAPSTAN_CONTAINER_NETWORK", network)
+            .output()
+            .expect("spawn capstan");
+        let run = crate::util::Run::from(out);
+        run.ok();
+        run.run_id()
+    };
+    let id = in_containers(&[], "none");
+    crate::kfp_executors::check_against_local(&dir, &bin, &pipeline, &id, "container");
+    // Without a network (the default) the steps cannot reach the run's tracking server: the
+    // metric is in the Metrics artifact's metadata only.
+    let evaluate = crate::kfp::task_tracking_run(&dir, &bin, &id, "evaluate");
+    assert!(
+        evaluate["data"]["metrics"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "{evaluate:#}"
+    );
+    // With the host's network it lands on the task's tracking run, as for local steps.
+    let id = in_containers(&["--no-cache"], "host");
+    crate::kfp_executors::check_metric_logged(&dir, &bin, &id);
+}
+
+/// A bare request to the engine on its unix socket.
+fn engine_http(host: &str, method: &str, path: &str) -> (u16, String) {
+    let socket = host.trim_start_matches("unix://");
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).expect("connect to the engine");
+    crate::util::http_request(&mut conn, "d", method, path)
+}
+
+#[test]
+fn a_container_removed_behind_capstans_back_fails_the_attempt_and_is_retried() {
+    let Some(host) = engine() else { return };
+    let dir = Dir::new();
+    let marker = dir.path().join("second");
+    let pipeline = dir.write(
+        "vanish.yaml",
+        &format!(
+            "name: vanish\nsteps:\n  victim:\n    image: {IMAGE}\n    run: [sh, -c, \"test -e {m} && exit 0; touch {m}; sleep 120\"]\n    retries: {{limit: 1, backoff: 0s}}\n",
+            m = marker.display()
+        ),
+    );
+    let child = dir
+        .command(&["run", pipeline.to_str().unwrap(), "--executor", "container"])
+        .env("CONTAINER_HOST", &host)
+        .env_remove("DOCKER_HOST")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first attempt's container, once its step runs.
+    let mut victim = None;
+    assert!(crate::util::eventually(
+        std::time::Duration::from_secs(60),
+        || {
+            let Some(run_id) = crate::ray::first_run_id(&dir) else {
+                return false;
+            };
+            let (status, body) = engine_http(&host, "GET", "/containers/json");
+            assert_eq!(status, 200, "{body}");
+            let containers: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+            victim = containers
+                .into_iter()
+                .find(|c| {
+                    c["Labels"]["capstan.run"] == run_id.as_str()
+                        && c["Labels"]["capstan.task"] == "victim"
+                        && c["Labels"]["capstan.attempt"] == "1"
+                })
+                .and_then(|c| c["Id"].as_str().map(str::to_string));
+            victim.is_some() && marker.exists()
+        }
+    ));
+    let id = victim.unwrap();
+    // As `podman rm -f` would.
+    let (status, body) = engine_http(&host, "DELETE", &format!("/containers/{id}?force=true"));
+    assert!(status < 300, "{status} {body}");
+    let out = crate::util::wait_output(child, std::time::Duration::from_secs(90));
+    out.ok();
+    // The first attempt failed with the engine's reason, and the retry succeeded. Depending on
+    // whether the engine's `wait` sees the kill or the removal first, the reason is the
+    // container's end by SIGKILL or its absence.
+    let gone = format!("attempt 1: step victim: container {} failed", &id[..12]);
+    assert!(
+        out.stderr.contains(&gone) || out.stderr.contains("attempt 1: exited with code 137"),
+        "{}",
+        out.stderr
+    );
+    let run = dir.show(&out.run_id());
+    let victim = task(&run, "victim");
+    assert_eq!(victim["status"], "succeeded", "{run:#}");
+    assert_eq!(victim["attempts"], 2, "{run:#}");
 }

@@ -24,7 +24,7 @@ fn venv() -> PathBuf {
 }
 
 /// The venv's `bin`, when it has kfp.
-fn kfp_bin() -> Option<PathBuf> {
+pub fn kfp_bin() -> Option<PathBuf> {
     let bin = venv().join("bin");
     let ok = Command::new(bin.join("python"))
         .args(["-c", "import kfp"])
@@ -53,21 +53,23 @@ fn example(name: &str) -> String {
         .to_string()
 }
 
-/// Runs `capstan` with the venv first on the PATH and a Python environment cache shared by the
+/// `capstan` with the venv first on the PATH and a Python environment cache shared by the
 /// tests, so that each requirement set is prepared once.
-fn capstan(dir: &Dir, bin: &std::path::Path, args: &[&str]) -> Run {
+pub fn kfp_command(dir: &Dir, bin: &std::path::Path, args: &[&str]) -> Command {
     let path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let envs = std::env::temp_dir().join("capstan-test-kfp-envs");
-    let out = dir
-        .command(args)
-        .env("PATH", path)
-        .env("CAPSTAN_KFP_ENV_DIR", envs)
-        .output()
-        .expect("spawn capstan");
+    let mut cmd = dir.command(args);
+    cmd.env("PATH", path).env("CAPSTAN_KFP_ENV_DIR", envs);
+    cmd
+}
+
+/// Runs [`kfp_command`].
+pub fn capstan(dir: &Dir, bin: &std::path::Path, args: &[&str]) -> Run {
+    let out = kfp_command(dir, bin, args).output().expect("spawn capstan");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -669,7 +671,7 @@ fn outputs_match_kfp_local() {
 
 /// Searches, through the MLflow REST API of a `capstan server` over the same workspace, for the
 /// tracking run of task `task` of run `run_id`.
-fn task_tracking_run(dir: &Dir, bin: &std::path::Path, run_id: &str, task: &str) -> Value {
+pub fn task_tracking_run(dir: &Dir, bin: &std::path::Path, run_id: &str, task: &str) -> Value {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -6,14 +6,17 @@
 //! whose entrypoint is this build's `capstan step-exec`; the head is on this machine, so the
 //! workspace's `file://` artifact store is shared by the head and its workers.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Dir, Run, eventually, repo_root, statuses, task, wait_with_timeout};
+use crate::util::{
+    Dir, Run, cancel_run, eventually, http_request, repo_root, statuses, succeeded_on, task,
+    wait_with_timeout,
+};
 
 pub fn ray_address() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_RAY_ADDRESS") {
@@ -44,38 +47,7 @@ fn run_on_ray(dir: &Dir, address: &str, args: &[&str]) -> Run {
 fn ray_http(address: &str, method: &str, path: &str) -> (u16, String) {
     let host = address.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = TcpStream::connect(host).expect("connect to the Ray dashboard");
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
+    http_request(&mut conn, host, method, path)
 }
 
 /// The Ray jobs capstan submitted for one task of one run.
@@ -90,13 +62,45 @@ fn jobs_of(address: &str, run_id: &str, task: &str) -> Vec<Value> {
         .collect()
 }
 
-fn first_run_id(dir: &Dir) -> Option<String> {
+pub fn first_run_id(dir: &Dir) -> Option<String> {
     let list = dir.run(&["runs", "list", "--output", "json"]);
     list.json()
         .as_array()
         .and_then(|runs| runs.first())
         .and_then(|r| r["id"].as_str())
         .map(str::to_string)
+}
+
+/// Starts `capstan run PIPELINE --executor ray -q` in the background.
+fn spawn_on_ray(dir: &Dir, address: &str, pipeline: &Path) -> Child {
+    on_ray(
+        dir,
+        address,
+        &["run", pipeline.to_str().unwrap(), "--executor", "ray", "-q"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until the only run in `dir` has a RUNNING Ray job for `task` and `also` holds; returns
+/// the run id and the job.
+fn running_job(dir: &Dir, address: &str, task: &str, also: impl Fn() -> bool) -> (String, Value) {
+    let mut found = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            found = first_run_id(dir).and_then(|id| {
+                let job = jobs_of(address, &id, task)
+                    .into_iter()
+                    .find(|j| j["status"] == "RUNNING")?;
+                Some((id, job))
+            });
+            found.is_some() && also()
+        }),
+        "no running Ray job for `{task}`"
+    );
+    found.unwrap()
 }
 
 #[test]
@@ -106,20 +110,9 @@ fn quickstart_runs_unchanged_on_ray_and_caches_like_local() {
     let pipeline = repo_root().join("examples/quickstart/pipeline.yaml");
     let pipeline = pipeline.to_str().unwrap();
     let run = run_on_ray(&dir, &address, &["run", pipeline, "--executor", "ray"]);
-    run.ok();
-    let id = run.run_id();
-    let shown = dir.show(&id);
-    assert_eq!(shown["status"], "succeeded", "{shown:#}");
-    for t in shown["tasks"].as_array().unwrap() {
-        assert_eq!(t["executor"], "ray", "{t:#}");
-        assert_eq!(t["attempts"], 1, "{t:#}");
-    }
+    let (id, shown) = succeeded_on(&dir, &run, "ray");
     // Steps' output reached the task logs, without the job manager's banner.
-    let logs = dir
-        .run(&["runs", "logs", &id, "register"])
-        .ok()
-        .stdout
-        .clone();
+    let logs = dir.task_log(&id, "register");
     assert!(logs.contains("registered model"), "{logs}");
     assert!(!logs.contains("step-exec --envelope"), "{logs}");
     assert_eq!(jobs_of(&address, &id, "data").len(), 1);
@@ -159,6 +152,7 @@ steps:
   flaky:
     run: [sh, -c, "test -e {m} || {{ touch {m}; echo first attempt fails; exit 3; }}; cat $0/a.txt $0/sub/b.txt | wc -w | tr -d ' ' > {{{{ outputs.count }}}}", "{{{{ steps.produce.outputs.corpus }}}}"]
     retries: {{limit: 2, backoff: 0s}}
+    resources: {{cpu: 0.5, memory: 64Mi}}
     outputs:
       parameters: {{count: int}}
   check:
@@ -180,7 +174,8 @@ steps:
     assert_eq!(flaky["attempts"], 2, "{flaky:#}");
     assert_eq!(flaky["outputs"]["parameters"]["count"], 3, "{flaky:#}");
     assert_eq!(task(&shown, "check")["status"], "succeeded");
-    // One Ray job per attempt, each with its own submission id.
+    // One Ray job per attempt, each with its own submission id. (The head accepted the step's
+    // resources as the entrypoint's; its job listing does not show them.)
     assert_eq!(jobs_of(&address, &id, "flaky").len(), 2);
     // The directory artifact round-trips with its digest.
     let corpus = &task(&shown, "produce")["outputs"]["artifacts"]["corpus"];
@@ -236,35 +231,13 @@ fn cancel_and_timeout_stop_the_ray_job() {
         "p.yaml",
         "name: ray-stop\nsteps:\n  slow: {run: [sh, -c, \"echo started; sleep 120\"]}\n  capped: {run: [sleep, \"120\"], timeout: 3s}\n",
     );
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut id = None;
-    assert!(eventually(Duration::from_secs(60), || {
-        id = first_run_id(&dir);
-        id.as_ref().is_some_and(|id| {
-            jobs_of(&address, id, "slow")
-                .iter()
-                .any(|j| j["status"] == "RUNNING")
-        })
-    }));
-    let id = id.unwrap();
+    let mut child = spawn_on_ray(&dir, &address, &path);
+    let (id, _) = running_job(&dir, &address, "slow", || true);
     // The timeout fires first; then the run is cancelled.
     assert!(eventually(Duration::from_secs(60), || {
         task(&dir.show(&id), "capped")["status"] == "failed"
     }));
-    dir.run(&["runs", "cancel", &id]).ok();
-    let code = wait_with_timeout(&mut child, Duration::from_secs(60));
-    assert_ne!(code, Some(0));
-    let shown = dir.show(&id);
-    assert_eq!(shown["status"], "cancelled", "{shown:#}");
-    assert_eq!(task(&shown, "slow")["status"], "cancelled");
+    let shown = cancel_run(&dir, &mut child, &id, "slow");
     let capped = task(&shown, "capped");
     assert!(
         capped["message"].as_str().unwrap().contains("timed out"),
@@ -292,25 +265,9 @@ fn a_job_stopped_behind_capstans_back_fails_the_attempt_and_is_retried() {
         m = marker.display()
     );
     let path = dir.write("p.yaml", &yaml);
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut job = None;
-    assert!(eventually(Duration::from_secs(60), || {
-        job = first_run_id(&dir).and_then(|id| {
-            jobs_of(&address, &id, "victim")
-                .into_iter()
-                .find(|j| j["status"] == "RUNNING")
-        });
-        job.is_some() && marker.exists()
-    }));
-    let submission = job.unwrap()["submission_id"].as_str().unwrap().to_string();
+    let mut child = spawn_on_ray(&dir, &address, &path);
+    let (_, job) = running_job(&dir, &address, "victim", || marker.exists());
+    let submission = job["submission_id"].as_str().unwrap().to_string();
     let (status, body) = ray_http(&address, "POST", &format!("/api/jobs/{submission}/stop"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -333,15 +290,7 @@ fn resume_after_kill_dash_nine_reattaches_to_the_running_job() {
         s = started.display()
     );
     let path = dir.write("p.yaml", &yaml);
-    let mut child = on_ray(
-        &dir,
-        &address,
-        &["run", path.to_str().unwrap(), "--executor", "ray", "-q"],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = spawn_on_ray(&dir, &address, &path);
     assert!(eventually(Duration::from_secs(60), || started.exists()));
     let _ = child.kill(); // SIGKILL: the Ray job outlives its orchestrator
     let _ = child.wait();
@@ -405,4 +354,27 @@ fn step_exec_refuses_an_envelope_it_cannot_read() {
     // Hidden: users do not see it in the help.
     let help = dir.run(&["--help"]);
     assert!(!help.stdout.contains("step-exec"), "{}", help.stdout);
+}
+
+#[test]
+fn a_kfp_pipeline_runs_on_ray_with_the_same_outputs_as_locally() {
+    let Some(address) = ray_address() else { return };
+    let Some(bin) = crate::kfp::kfp_bin() else {
+        return;
+    };
+    let dir = Dir::new();
+    // As pipelines.py compiles components: capstan satisfies their `pip install` preamble with a
+    // Python environment on this machine, where the Ray head's workers run.
+    let pipeline = crate::kfp_executors::compile(&dir, &bin, None);
+    let out = crate::kfp::kfp_command(&dir, &bin, &["run", &pipeline, "--executor", "ray"])
+        .env("RAY_ADDRESS", &address)
+        .output()
+        .expect("spawn capstan");
+    let run = Run::from(out);
+    run.ok();
+    let id = run.run_id();
+    crate::kfp_executors::check_against_local(&dir, &bin, &pipeline, &id, "ray");
+    assert_eq!(jobs_of(&address, &id, "for-loop-1/shard[1]").len(), 1);
+    // The worker logged the Metrics output to the task's tracking run.
+    crate::kfp_executors::check_metric_logged(&dir, &bin, &id);
 }

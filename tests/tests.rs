@@ -8,6 +8,7 @@ mod faults;
 mod features;
 mod inspect;
 mod kfp;
+mod kfp_executors;
 mod kubernetes;
 mod quickstart;
 mod ray;

@@ -113,6 +113,14 @@ impl Dir {
             .expect("spawn capstan")
     }
 
+    /// The log of a task of a run, as `capstan runs logs` prints it.
+    pub fn task_log(&self, run_id: &str, task: &str) -> String {
+        self.run(&["runs", "logs", run_id, task])
+            .ok()
+            .stdout
+            .clone()
+    }
+
     pub fn show(&self, run_id: &str) -> Value {
         self.run(&["runs", "show", run_id, "--output", "json"])
             .ok()
@@ -156,6 +164,51 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits for `child` (started with piped stdout and stderr) as [`wait_with_timeout`] does, and
+/// collects what it printed.
+pub fn wait_output(mut child: Child, limit: Duration) -> Run {
+    let code = wait_with_timeout(&mut child, limit);
+    let read = |pipe: Option<&mut dyn std::io::Read>| {
+        let mut text = String::new();
+        if let Some(p) = pipe {
+            p.read_to_string(&mut text).unwrap();
+        }
+        text
+    };
+    Run {
+        code,
+        stdout: read(child.stdout.as_mut().map(|p| p as &mut dyn std::io::Read)),
+        stderr: read(child.stderr.as_mut().map(|p| p as &mut dyn std::io::Read)),
+    }
+}
+
+/// Cancels run `id` with `capstan runs cancel`, waits for its `capstan run` process `child` to
+/// exit non-zero, and checks that the run and its task `task` ended cancelled; returns the run's
+/// document.
+pub fn cancel_run(dir: &Dir, child: &mut Child, id: &str, task_name: &str) -> Value {
+    dir.run(&["runs", "cancel", id]).ok();
+    let code = wait_with_timeout(child, Duration::from_secs(60));
+    assert_ne!(code, Some(0));
+    let shown = dir.show(id);
+    assert_eq!(shown["status"], "cancelled", "{shown:#}");
+    assert_eq!(task(&shown, task_name)["status"], "cancelled", "{shown:#}");
+    shown
+}
+
+/// Checks that a `capstan run` succeeded with every task on `executor`, each in one attempt;
+/// returns the run id and the run's document.
+pub fn succeeded_on(dir: &Dir, run: &Run, executor: &str) -> (String, Value) {
+    run.ok();
+    let id = run.run_id();
+    let shown = dir.show(&id);
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    for t in shown["tasks"].as_array().unwrap() {
+        assert_eq!(t["executor"], executor, "{t:#}");
+        assert_eq!(t["attempts"], 1, "{t:#}");
+    }
+    (id, shown)
 }
 
 /// Polls until `f` returns true or the deadline passes.
@@ -332,4 +385,74 @@ impl Api {
             }
         }
     }
+}
+
+/// Every task's outputs, by task name: parameter values and artifact digests.
+pub fn outputs_by_task(run: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let artifacts: serde_json::Map<String, serde_json::Value> = t["outputs"]["artifacts"]
+                .as_object()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), v["digest"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                serde_json::json!({
+                    "parameters": t["outputs"]["parameters"],
+                    "artifacts": artifacts,
+                }),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A bare HTTP/1.1 request without a body over `conn` (TCP or a unix socket); returns the status
+/// and the body, de-chunked. The tests need no HTTP client of their own.
+pub fn http_request(
+    conn: &mut (impl std::io::Read + std::io::Write),
+    host: &str,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
 }

@@ -4,7 +4,9 @@
 //! Steps see the same paths as on the host: every directory in [`TaskSpec::mounts`] (the
 //! workspace and the pipeline's directory) and the working directory are bind-mounted at their
 //! own paths, so the engine's rendered commands, input artifacts and output directories work
-//! unchanged inside the container. The container gets no network unless configured otherwise.
+//! unchanged inside the container. The container gets no network unless configured otherwise;
+//! without one it is not given the run's tracking server (`MLFLOW_TRACKING_URI`, ...), which it
+//! could not reach.
 //!
 //! One HTTP/1 connection per request keeps the client small: a step makes a handful of calls,
 //! and the log stream holds its own connection for as long as the container runs.
@@ -627,6 +629,13 @@ pub fn socket_path(url: &str) -> Result<PathBuf, String> {
     ))
 }
 
+/// The variables that point a step at the run's tracking server (see the engine).
+const TRACKING_ENV: &[&str] = &[
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+];
+
 /// The body of `POST /containers/create`.
 fn create_body(spec: &TaskSpec, image: &str, network: &str) -> Result<Value, String> {
     let mut binds: Vec<String> = Vec::new();
@@ -674,7 +683,14 @@ fn create_body(spec: &TaskSpec, image: &str, network: &str) -> Result<Value, Str
             "Capabilities": [["gpu"]],
         }]);
     }
-    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // Without a network the run's tracking server cannot be reached: the step is not told of
+    // one, so the mlflow client in it does not fail on it (nor write a file store of its own).
+    let env: Vec<String> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| network != "none" || !TRACKING_ENV.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     Ok(json!({
         "Image": image,
         // The step's command replaces both the image's entrypoint and its default command.
@@ -818,6 +834,28 @@ mod tests {
         assert_eq!(body["Env"], json!(["A=1"]));
         assert_eq!(body["WorkingDir"], "/ws/pipelines/sub");
         assert_eq!(body["Labels"]["capstan.task"], "train[3]");
+    }
+
+    #[test]
+    fn a_container_without_network_is_not_told_of_the_tracking_server() {
+        let mut s = spec();
+        s.env.extend([
+            ("MLFLOW_TRACKING_URI".into(), "http://127.0.0.1:5000".into()),
+            ("MLFLOW_RUN_ID".into(), "r1".into()),
+            ("MLFLOW_EXPERIMENT_ID".into(), "1".into()),
+        ]);
+        let body = create_body(&s, "i", "none").unwrap();
+        assert_eq!(body["Env"], json!(["A=1"]));
+        let body = create_body(&s, "i", "host").unwrap();
+        assert_eq!(
+            body["Env"],
+            json!([
+                "A=1",
+                "MLFLOW_TRACKING_URI=http://127.0.0.1:5000",
+                "MLFLOW_RUN_ID=r1",
+                "MLFLOW_EXPERIMENT_ID=1"
+            ])
+        );
     }
 
     #[test]

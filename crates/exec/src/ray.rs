@@ -527,6 +527,36 @@ mod tests {
     }
 
     #[test]
+    fn resources_become_the_entrypoints() {
+        let ray = RayExecutor::from_config(&RayConfig::default()).unwrap();
+        let spec = TaskSpec {
+            run_id: "r1".into(),
+            task: "train".into(),
+            attempt: 1,
+            argv: vec!["true".into()],
+            env: vec![],
+            workdir: "/".into(),
+            timeout: None,
+            log_path: "/dev/null".into(),
+            image: None,
+            resources: serde_json::json!({"cpu": 0.5, "gpu": 1, "memory": 67108864}),
+            mounts: vec![],
+            handoff: Some(crate::remote::Handoff {
+                scratch: "/scratch".into(),
+                artifact_root: "file:///artifacts".into(),
+                result_uri: "file:///artifacts/logs/r1/train.1.result.json".into(),
+                ..Default::default()
+            }),
+        };
+        let body = ray.submit_body(&spec, "capstan-r1-train-x-1").unwrap();
+        assert_eq!(body["entrypoint_num_cpus"], 0.5);
+        assert_eq!(body["entrypoint_num_gpus"], 1);
+        assert_eq!(body["entrypoint_memory"], 67108864);
+        assert_eq!(body["submission_id"], "capstan-r1-train-x-1");
+        assert_eq!(body["metadata"]["capstan_task"], "train");
+    }
+
+    #[test]
     fn submission_ids_are_distinct_for_similar_task_names() {
         let mut spec = TaskSpec {
             run_id: "r1".into(),

@@ -1,10 +1,12 @@
 //! The Kubernetes executor against a MOCK API server.
 //!
 //! No Kubernetes API server can run on the machines that test capstan, so these tests serve the
-//! API's HTTP conversation from a small axum server on loopback: the shapes of real `batch/v1`
-//! Job creation, Job reads and watch events (one JSON event per line), pod lists with container
-//! states, the pod log stream (chunked, ending with the container) and Job deletion. The
-//! executor reaches it through a kubeconfig file, as it would a cluster.
+//! API's HTTP conversation from a small axum server on loopback (`support/kube_api.rs`): the
+//! shapes of real `batch/v1` Job creation, Job reads and watch events (one JSON event per line),
+//! pod lists with container states, the pod log stream (chunked, ending with the container) and
+//! Job deletion. Here each Job's outcome is scripted; the root `tests/kubernetes.rs` drives a
+//! whole `capstan run` against the same mock with Jobs that really run. The executor reaches it
+//! through a kubeconfig file, as it would a cluster.
 //!
 //! What this does NOT test, because it needs a live cluster: scheduling, image pulls, the
 //! kubelet's real log and status timing, RBAC for the service account, TLS and the cluster's
@@ -12,16 +14,15 @@
 //! and the step wrapper running inside a real pod.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use capstan_exec::config::{KubernetesConfig, Toleration};
 use capstan_exec::remote::{Envelope, Handoff, HandoffInput, HandoffOutput, OutputKind};
@@ -47,16 +48,17 @@ enum Scenario {
     ImagePull,
 }
 
-#[derive(Clone, Debug)]
-struct Request {
-    method: Method,
-    uri: String,
-    body: String,
-}
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use kube_api::{
+    Request, Requests, accept_job, deleted_status, finished_job_status, json_response,
+    kubeconfig_text, pod, pod_list, status_body, streamed, version_body,
+};
 
 struct Cluster {
     scenario: Scenario,
-    requests: Mutex<Vec<Request>>,
+    requests: Requests,
     /// Created Jobs by name.
     jobs: Mutex<HashMap<String, Value>>,
 }
@@ -65,91 +67,25 @@ type Shared = Arc<Cluster>;
 
 impl Cluster {
     fn record(&self, method: Method, uri: &Uri, body: &[u8]) {
-        self.requests.lock().unwrap().push(Request {
-            method,
-            uri: uri.to_string(),
-            body: String::from_utf8_lossy(body).into_owned(),
-        });
+        self.requests.record(method, uri, body);
     }
 
     fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
+        self.requests.all()
     }
 
     fn finished_status(&self) -> Option<Value> {
         match self.scenario {
-            Scenario::Succeed => Some(json!({
-                "succeeded": 1, "startTime": "2026-11-27T20:00:00Z",
-                "completionTime": "2026-11-27T20:00:02Z",
-                "conditions": [
-                    {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"},
-                    {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                     "message": "Reached expected number of succeeded pods"}
-                ]
-            })),
-            Scenario::Fail(_) => Some(json!({
-                "failed": 1, "startTime": "2026-11-27T20:00:00Z",
-                "conditions": [
-                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
-                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                     "message": "Job has reached the specified backoff limit"}
-                ]
-            })),
+            Scenario::Succeed => Some(finished_job_status(true)),
+            Scenario::Fail(_) => Some(finished_job_status(false)),
             Scenario::Hang | Scenario::ImagePull => None,
         }
     }
 }
 
-fn status_body(code: u16, reason: &str, message: &str) -> Response {
-    let body = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code
-    });
-    (
-        StatusCode::from_u16(code).unwrap(),
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn json_response(code: StatusCode, body: Value) -> Response {
-    (
-        code,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// A body that sends `chunks`, each after `pause`, then ends, or stays open if `hold`.
-fn streamed(chunks: Vec<String>, pause: Duration, hold: bool) -> Body {
-    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, Infallible>>();
-    tokio::spawn(async move {
-        for chunk in chunks {
-            tokio::time::sleep(pause).await;
-            if tx.unbounded_send(Ok(Bytes::from(chunk))).is_err() {
-                return;
-            }
-        }
-        if hold {
-            // Keeps the sender, so the stream stays open until the client goes away.
-            while !tx.is_closed() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
-    Body::from_stream(rx)
-}
-
 async fn version(State(c): State<Shared>, method: Method, uri: Uri) -> Response {
     c.record(method, &uri, b"");
-    json_response(
-        StatusCode::OK,
-        json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "mock",
-               "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
-               "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}),
-    )
+    version_body()
 }
 
 async fn jobs(
@@ -170,10 +106,7 @@ async fn jobs(
                 &format!("jobs.batch \"{name}\" already exists"),
             );
         }
-        job["metadata"]["uid"] = json!("6f1c0d1e-0000-4000-8000-000000000001");
-        job["metadata"]["resourceVersion"] = json!("1000");
-        job["metadata"]["creationTimestamp"] = json!("2026-11-27T20:00:00Z");
-        job["status"] = json!({"active": 1, "startTime": "2026-11-27T20:00:00Z"});
+        accept_job(&mut job);
         c.jobs.lock().unwrap().insert(name, job.clone());
         return json_response(StatusCode::CREATED, job);
     }
@@ -221,18 +154,9 @@ async fn job(
     };
     if method == Method::DELETE {
         c.jobs.lock().unwrap().remove(&name);
-        return json_response(
-            StatusCode::OK,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                   "details": {"name": name, "group": "batch", "kind": "jobs",
-                               "uid": "6f1c0d1e-0000-4000-8000-000000000001"}}),
-        );
+        return deleted_status(&name);
     }
     json_response(StatusCode::OK, job)
-}
-
-fn pod_name(job: &str) -> String {
-    format!("{job}-x7k2q")
 }
 
 async fn pods(
@@ -255,19 +179,7 @@ async fn pods(
         Scenario::ImagePull => json!({"waiting": {"reason": "ErrImagePull",
             "message": "failed to pull and unpack image \"registry.invalid/step:1\": not found"}}),
     };
-    let pod = json!({
-        "metadata": {"name": pod_name(&job), "namespace": NAMESPACE,
-                     "labels": {"job-name": job, "batch.kubernetes.io/job-name": job}},
-        "spec": {"containers": [{"name": "step", "image": "registry.invalid/step:1"}]},
-        "status": {"phase": "Running", "containerStatuses": [{
-            "name": "step", "image": "registry.invalid/step:1", "imageID": "", "ready": true,
-            "restartCount": 0, "state": state}]}
-    });
-    json_response(
-        StatusCode::OK,
-        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1000"},
-               "items": [pod]}),
-    )
+    pod_list(vec![pod(&job, NAMESPACE, "registry.invalid/step:1", state)])
 }
 
 async fn pod_log(
@@ -309,7 +221,7 @@ struct Mock {
 async fn mock(scenario: Scenario) -> Mock {
     let cluster = Arc::new(Cluster {
         scenario,
-        requests: Mutex::new(vec![]),
+        requests: Requests::default(),
         jobs: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
@@ -322,35 +234,19 @@ async fn mock(scenario: Scenario) -> Mock {
         .route("/api/v1/namespaces/{ns}/pods", get(pods))
         .route("/api/v1/namespaces/{ns}/pods/{pod}/log", get(pod_log))
         .with_state(cluster.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = kube_api::serve(app).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, kubeconfig_text(&format!("http://{addr}"))).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_text(&format!("http://{addr}"), NAMESPACE),
+    )
+    .unwrap();
     Mock {
         cluster,
         kubeconfig,
         _dir: dir,
     }
-}
-
-fn kubeconfig_text(server: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: mock
-  cluster: {{server: \"{server}\"}}
-users:
-- name: mock
-  user: {{token: mock-token}}
-contexts:
-- name: mock
-  context: {{cluster: mock, user: mock, namespace: {NAMESPACE}}}
-current-context: mock
-"
-    )
 }
 
 fn settings(kubeconfig: &Path) -> KubernetesConfig {
@@ -638,7 +534,7 @@ async fn an_unreachable_api_server_fails_preflight_naming_it() {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
-        kubeconfig_text(&format!("http://127.0.0.1:{port}")),
+        kubeconfig_text(&format!("http://127.0.0.1:{port}"), NAMESPACE),
     )
     .unwrap();
     let err = bounded(executor(&kubeconfig).preflight())
