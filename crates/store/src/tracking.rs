@@ -344,8 +344,18 @@ pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
         tags: &[KeyValue],
     ) -> Result<()>;
     async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()>;
-    /// Records datasets the run consumed; a dataset logged again keeps its first record.
-    async fn log_inputs(&self, run_id: &str, inputs: &[DatasetInput], at: Millis) -> Result<()>;
+    /// Records, all or nothing, the datasets an active run consumed and the active logged
+    /// models (by id) it took as inputs; a dataset or model logged again keeps its first
+    /// record, and an unknown or deleted model is [`StoreError::NotFound`].
+    async fn log_inputs(
+        &self,
+        run_id: &str,
+        inputs: &[DatasetInput],
+        models: &[String],
+        at: Millis,
+    ) -> Result<()>;
+    /// The ids of the logged models a run took as inputs, oldest first.
+    async fn run_model_inputs(&self, run_id: &str) -> Result<Vec<String>>;
 
     /// A metric's points in step, then timestamp order.
     async fn metric_history(
@@ -1584,7 +1594,13 @@ macro_rules! tracking_impl {
                     tx.commit().await.ctx("committing a run tag deletion")
                 }
 
-                async fn log_inputs(&self, run_id: &str, inputs: &[DatasetInput], at: Millis) -> Result<()> {
+                async fn log_inputs(
+                    &self,
+                    run_id: &str,
+                    inputs: &[DatasetInput],
+                    models: &[String],
+                    at: Millis,
+                ) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_active_run(&mut tx, run_id).await?;
                     for input in inputs {
@@ -1612,7 +1628,42 @@ macro_rules! tracking_impl {
                         .await
                         .ctx("logging a dataset input")?;
                     }
-                    tx.commit().await.ctx("committing dataset inputs")
+                    for model_id in models {
+                        let stage: Option<String> = sqlx::query_scalar(
+                            "SELECT lifecycle_stage FROM logged_models WHERE model_id = $1",
+                        )
+                        .bind(model_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .ctx("reading a logged model")?;
+                        if stage.as_deref() != Some(ACTIVE) {
+                            return Err(StoreError::NotFound(format!(
+                                "logged model with id `{model_id}`"
+                            )));
+                        }
+                        sqlx::query(
+                            "INSERT INTO tracking_run_model_inputs (run_id, model_id, created_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(run_id)
+                        .bind(model_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("logging a model input")?;
+                    }
+                    tx.commit().await.ctx("committing run inputs")
+                }
+
+                async fn run_model_inputs(&self, run_id: &str) -> Result<Vec<String>> {
+                    sqlx::query_scalar(
+                        "SELECT model_id FROM tracking_run_model_inputs WHERE run_id = $1 \
+                         ORDER BY created_at, model_id",
+                    )
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .ctx("reading the model inputs of a run")
                 }
 
                 async fn metric_history(
