@@ -39,7 +39,7 @@ trap cleanup EXIT
 
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_healthy() { # URL PATH
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 1200); do # up to 2 minutes: mlflow starts slowly on a busy machine
     curl -fsS "$1$2" >/dev/null 2>&1 && return 0
     sleep 0.1
   done

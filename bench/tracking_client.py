@@ -110,7 +110,7 @@ def client_only(client, answers, rounds, calls):
     out = {}
     try:
         for name, fn in calls.items():
-            mlflow.utils.rest_utils.http_request = lambda **_kw, text=answers[name]: _Recorded(text)
+            mlflow.utils.rest_utils.http_request = lambda text=answers[name], **_kw: _Recorded(text)
             fn()
             out[name] = statistics.median(latencies(rounds, fn))
     finally:
