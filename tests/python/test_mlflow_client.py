@@ -407,6 +407,18 @@ def test_run_inputs_name_the_logged_models_a_run_used(client):
     assert client.get_run(run.info.run_id).inputs.model_inputs == [LoggedModelInput(info.model_id)]
 
 
+def test_server_info_and_latest_versions_by_get(server_url, client):
+    with urllib.request.urlopen(server_url + "/api/3.0/mlflow/server-info") as resp:
+        assert json.load(resp)["store_type"] == "SqlStore"
+    name = unique("latest")
+    client.create_registered_model(name)
+    client.create_model_version(name, source="mlflow-artifacts:/0/none/artifacts/model")
+    url = f"{server_url}/api/2.0/mlflow/registered-models/get-latest-versions?name={name}"
+    with urllib.request.urlopen(url) as resp:
+        versions = json.load(resp)["model_versions"]
+    assert [(v["version"], v["status"]) for v in versions] == [("1", "READY")]
+
+
 def test_concurrent_single_metrics_all_land_and_errors_stay_per_request(client):
     from concurrent.futures import ThreadPoolExecutor
 
