@@ -12,6 +12,9 @@ Rates are medians over REPEATS rounds; latencies are medians over all calls of a
 - metric_history:   `get_metric_history` of a 300-point metric (ms)
 - http_*:           the same requests through a bare `requests.Session` (calls/s or ms): the
                     difference to the client's figure is what the client itself costs.
+- client_*:         the client's own cost: the same client calls with the HTTP exchange
+                    replaced by the server's recorded answer (no network, no server). No server
+                    can make a call through the client faster than this.
 - scale (optional): RUNS runs in one experiment, then `search_runs` with a filter and an order
                     (ms), measured through the client, plus how long loading the runs took.
 """
@@ -25,6 +28,7 @@ import sys
 import time
 import uuid
 
+import mlflow.utils.rest_utils
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -88,6 +92,30 @@ def search_both(client, session, url, exp, filt, expected, rounds):
 
     via_client()
     return statistics.median(latencies(rounds, via_client)), statistics.median(latencies(rounds, bare))
+
+
+class _Recorded:
+    """A recorded answer, in the shape the client reads from `requests`."""
+
+    status_code = 200
+
+    def __init__(self, text):
+        self.text = text
+
+
+def client_only(client, answers, rounds, calls):
+    """Median ms of each of `calls` (name -> fn) with every HTTP exchange answered by
+    answers[name], the server's recorded answer."""
+    real = mlflow.utils.rest_utils.http_request
+    out = {}
+    try:
+        for name, fn in calls.items():
+            mlflow.utils.rest_utils.http_request = lambda text=answers[name], **_kw: _Recorded(text)
+            fn()
+            out[name] = statistics.median(latencies(rounds, fn))
+    finally:
+        mlflow.utils.rest_utils.http_request = real
+    return out
 
 
 def measure(args):
@@ -185,6 +213,32 @@ def measure(args):
         assert len(resp.json()["metrics"]) == 300
 
     out["http_metric_history_ms"] = statistics.median(latencies(20 * args.repeats, raw_history))
+
+    search_body = {
+        "experiment_ids": [search_exp], "filter": filt, "order_by": ["metrics.acc DESC"], "max_results": 50,
+    }
+    answers = {
+        "search": session.post(args.url + "/api/2.0/mlflow/runs/search", json=search_body).text,
+        "history": session.get(
+            args.url + "/api/2.0/mlflow/metrics/get-history", params={"run_id": hist_run, "metric_key": "h"}
+        ).text,
+        "batch": "{}",
+    }
+    ts = now_ms()
+    batch_metrics = [Metric(f"c{j % 10}", float(j), ts, j // 10) for j in range(1000)]
+    alone = client_only(
+        client,
+        answers,
+        20 * args.repeats,
+        {
+            "search": lambda: client.search_runs([search_exp], filt, order_by=["metrics.acc DESC"], max_results=50),
+            "history": lambda: client.get_metric_history(hist_run, "h"),
+            "batch": lambda: client.log_batch(batch_run, metrics=batch_metrics),
+        },
+    )
+    out["client_search_runs_ms"] = alone["search"]
+    out["client_metric_history_ms"] = alone["history"]
+    out["client_log_batch_metrics_per_s"] = 1000 * 1000 / alone["batch"]
 
     if args.scale:
         scale_exp = client.create_experiment("bench-scale-" + uuid.uuid4().hex[:8])

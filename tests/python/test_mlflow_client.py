@@ -427,6 +427,49 @@ def test_metrics_logged_against_a_logged_model(client):
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def test_run_inputs_name_the_logged_models_a_run_used(client):
+    import mlflow.sklearn
+    from mlflow.entities import LoggedModelInput
+
+    model, _ = _train()
+    mlflow.set_experiment(unique("model-inputs"))
+    with mlflow.start_run() as train:
+        info = mlflow.sklearn.log_model(model, name="model")
+    with mlflow.start_run() as evaluation:
+        # A metric against a model that this run did not log makes the client log that model
+        # as an input of the run (`runs/log-inputs` with `models`).
+        mlflow.log_metric("rmse", 0.3, model_id=info.model_id)
+        mlflow.log_metric("rmse", 0.2, step=1, model_id=info.model_id)
+    evaluated = client.get_run(evaluation.info.run_id)
+    assert [m.model_id for m in evaluated.inputs.model_inputs] == [info.model_id]
+    assert client.get_run(train.info.run_id).inputs.model_inputs == []
+    assert [o.model_id for o in client.get_run(train.info.run_id).outputs.model_outputs] == [info.model_id]
+    # With run_id the client reads the run first; the stored input keeps it from logging again.
+    mlflow.log_metric("mae", 0.1, model_id=info.model_id, run_id=evaluation.info.run_id)
+    run = client.create_run(evaluation.info.experiment_id)
+    client.log_inputs(run.info.run_id, models=[LoggedModelInput(info.model_id)])
+    client.log_inputs(run.info.run_id, models=[LoggedModelInput(info.model_id)])
+    inputs = client.get_run(run.info.run_id).inputs
+    assert inputs.model_inputs == [LoggedModelInput(info.model_id)]
+    assert inputs.dataset_inputs == []
+    with pytest.raises(MlflowException) as err:
+        client.log_inputs(run.info.run_id, models=[LoggedModelInput("m-" + "0" * 32)])
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert client.get_run(run.info.run_id).inputs.model_inputs == [LoggedModelInput(info.model_id)]
+
+
+def test_server_info_and_latest_versions_by_get(server_url, client):
+    with urllib.request.urlopen(server_url + "/api/3.0/mlflow/server-info") as resp:
+        assert json.load(resp)["store_type"] == "SqlStore"
+    name = unique("latest")
+    client.create_registered_model(name)
+    client.create_model_version(name, source="mlflow-artifacts:/0/none/artifacts/model")
+    url = f"{server_url}/api/2.0/mlflow/registered-models/get-latest-versions?name={name}"
+    with urllib.request.urlopen(url) as resp:
+        versions = json.load(resp)["model_versions"]
+    assert [(v["version"], v["status"]) for v in versions] == [("1", "READY")]
+
+
 def test_concurrent_single_metrics_all_land_and_errors_stay_per_request(client):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -25,6 +25,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use capstan_store::DynStore;
 use capstan_tracking::Tracking;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -141,6 +142,13 @@ pub async fn serve_listener(
     state: ServerState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Answers go out at once: without TCP_NODELAY a response written in two parts can wait
+    // for the client's delayed acknowledgement.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

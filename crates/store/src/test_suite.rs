@@ -54,6 +54,7 @@ macro_rules! store_test_suite {
             tracking_runs_log_idempotently_and_search_in_sql,
             metric_samples_keep_each_buckets_ends_and_extremes,
             logged_models_finalize_tag_and_search_by_name,
+            run_inputs_hold_datasets_and_logged_models,
             registry_versions_aliases_stages_and_tag_filters,
             pipeline_runs_and_attempts_are_tracking_runs,
             a_failed_transition_leaves_no_tracking_rows,
@@ -124,6 +125,28 @@ impl Harness {
 /// A 32-hex-digit run id whose leading digits are `prefix`.
 fn run_id(prefix: &str, n: u32) -> String {
     format!("{prefix}{:0width$x}", n, width = 32 - prefix.len())
+}
+
+/// Creates a tracking run named `name` (no tags) in `experiment_id`.
+async fn new_tracking_run(
+    tracking: &crate::DynTrackingStore,
+    experiment_id: i64,
+    run_id: &str,
+    name: &str,
+    start_time: i64,
+) {
+    tracking
+        .create_tracking_run(&crate::NewTrackingRun {
+            run_id: run_id.to_owned(),
+            experiment_id,
+            name: name.to_owned(),
+            user_id: "u".to_owned(),
+            start_time,
+            artifact_uri: format!("mem:/{run_id}"),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
 }
 
 fn new_run(id: &str, pipeline: &str, created_at: i64) -> NewRun {
@@ -1171,8 +1194,8 @@ pub async fn run_contexts_are_shared_per_pipeline(store: DynStore) {
 
 pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {
     use crate::{
-        Attribute, Clause, Comparator, Entity, KeyValue, Metric, NewTrackingRun, Operand, OrderKey,
-        RunQuery, ViewType,
+        Attribute, Clause, Comparator, Entity, KeyValue, Metric, Operand, OrderKey, RunQuery,
+        ViewType,
     };
     let tracking = store.tracking();
     let experiment = tracking
@@ -1195,18 +1218,14 @@ pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {
     );
     for n in 0..3u32 {
         let run_id = run_id("e", n);
-        tracking
-            .create_tracking_run(&NewTrackingRun {
-                run_id: run_id.clone(),
-                experiment_id: experiment.experiment_id,
-                name: format!("r{n}"),
-                user_id: "u".to_owned(),
-                start_time: i64::from(n),
-                artifact_uri: format!("mem:/{run_id}"),
-                tags: vec![],
-            })
-            .await
-            .unwrap();
+        new_tracking_run(
+            &tracking,
+            experiment.experiment_id,
+            &run_id,
+            &format!("r{n}"),
+            i64::from(n),
+        )
+        .await;
         let points: Vec<Metric> = (0..3)
             .map(|step| Metric {
                 key: "acc".to_owned(),
@@ -1510,7 +1529,7 @@ pub async fn metric_samples_keep_each_buckets_ends_and_extremes(store: DynStore)
 pub async fn logged_models_finalize_tag_and_search_by_name(store: DynStore) {
     use crate::{
         Attribute, Clause, Comparator, Entity, KeyValue, LoggedModelQuery, MODEL_READY,
-        ModelOutput, NewLoggedModel, NewTrackingRun, Operand,
+        ModelOutput, NewLoggedModel, Operand,
     };
     let tracking = store.tracking();
     let experiment = tracking
@@ -1518,18 +1537,7 @@ pub async fn logged_models_finalize_tag_and_search_by_name(store: DynStore) {
         .await
         .unwrap();
     let run = run_id("f", 0);
-    tracking
-        .create_tracking_run(&NewTrackingRun {
-            run_id: run.clone(),
-            experiment_id: experiment.experiment_id,
-            name: "r".to_owned(),
-            user_id: "u".to_owned(),
-            start_time: 1,
-            artifact_uri: "mem:/r".to_owned(),
-            tags: vec![],
-        })
-        .await
-        .unwrap();
+    new_tracking_run(&tracking, experiment.experiment_id, &run, "r", 1).await;
     let new = |id: &str, name: &str, at| NewLoggedModel {
         model_id: id.to_owned(),
         experiment_id: experiment.experiment_id,
@@ -1657,6 +1665,78 @@ pub async fn logged_models_finalize_tag_and_search_by_name(store: DynStore) {
             .await
             .unwrap()
             .items
+            .is_empty()
+    );
+}
+
+pub async fn run_inputs_hold_datasets_and_logged_models(store: DynStore) {
+    use crate::{Dataset, DatasetInput, NewLoggedModel};
+    let tracking = store.tracking();
+    let experiment = tracking
+        .create_experiment("inputs", None, &[], 1)
+        .await
+        .unwrap();
+    let run = run_id("e", 0);
+    new_tracking_run(&tracking, experiment.experiment_id, &run, "eval", 1).await;
+    for id in ["m-a", "m-b", "m-gone"] {
+        tracking
+            .create_logged_model(&NewLoggedModel {
+                model_id: id.to_owned(),
+                experiment_id: experiment.experiment_id,
+                name: "model".to_owned(),
+                artifact_location: format!("mem:/{id}"),
+                model_type: String::new(),
+                source_run_id: None,
+                tags: vec![],
+                params: vec![],
+                at: 2,
+            })
+            .await
+            .unwrap();
+    }
+    tracking.delete_logged_model("m-gone", 3).await.unwrap();
+    let dataset = DatasetInput {
+        dataset: Dataset {
+            name: "eval".to_owned(),
+            digest: "d1".to_owned(),
+            source_type: "local".to_owned(),
+            source: "{}".to_owned(),
+            schema: None,
+            profile: None,
+        },
+        tags: vec![],
+    };
+    let ids = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    // An unknown or deleted model fails the whole call: the dataset is not recorded either.
+    for bad in ["m-none", "m-gone"] {
+        let failed = tracking
+            .log_inputs(&run, std::slice::from_ref(&dataset), &ids(&["m-a", bad]), 5)
+            .await;
+        assert!(matches!(failed, Err(StoreError::NotFound(_))), "{failed:?}");
+    }
+    let stored = tracking.get_tracking_run(&run).await.unwrap().unwrap();
+    assert!(stored.inputs.is_empty());
+    assert!(tracking.run_model_inputs(&run).await.unwrap().is_empty());
+    tracking
+        .log_inputs(&run, std::slice::from_ref(&dataset), &ids(&["m-b"]), 6)
+        .await
+        .unwrap();
+    // Logged again, a model keeps its first record; a new one comes after it.
+    tracking
+        .log_inputs(&run, &[], &ids(&["m-b", "m-a"]), 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        tracking.run_model_inputs(&run).await.unwrap(),
+        ids(&["m-b", "m-a"])
+    );
+    let stored = tracking.get_tracking_run(&run).await.unwrap().unwrap();
+    assert_eq!(stored.inputs, vec![dataset]);
+    assert!(
+        tracking
+            .run_model_inputs(&run_id("f", 9))
+            .await
+            .unwrap()
             .is_empty()
     );
 }

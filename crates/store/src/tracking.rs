@@ -337,8 +337,18 @@ pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
         tags: &[KeyValue],
     ) -> Result<()>;
     async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()>;
-    /// Records datasets the run consumed; a dataset logged again keeps its first record.
-    async fn log_inputs(&self, run_id: &str, inputs: &[DatasetInput], at: Millis) -> Result<()>;
+    /// Records, all or nothing, the datasets an active run consumed and the active logged
+    /// models (by id) it took as inputs; a dataset or model logged again keeps its first
+    /// record, and an unknown or deleted model is [`StoreError::NotFound`].
+    async fn log_inputs(
+        &self,
+        run_id: &str,
+        inputs: &[DatasetInput],
+        models: &[String],
+        at: Millis,
+    ) -> Result<()>;
+    /// The ids of the logged models a run took as inputs, oldest first.
+    async fn run_model_inputs(&self, run_id: &str) -> Result<Vec<String>>;
 
     /// A metric's points in step, then timestamp order.
     async fn metric_history(
@@ -855,6 +865,66 @@ pub(crate) struct InputRow {
     pub(crate) tags: String,
 }
 
+/// The params (kind 0), tags (1) and latest metrics (2) of the runs in `ids`, each kind by key;
+/// preceded by a `WITH ids (run_id) AS (...)` that names the runs.
+pub(crate) const RUN_DATA_SQL: &str = "\
+    SELECT CAST(0 AS BIGINT) AS kind, run_id, key, value AS text, \
+        CAST(NULL AS DOUBLE PRECISION) AS number, CAST(NULL AS BIGINT) AS is_nan, \
+        CAST(NULL AS BIGINT) AS timestamp, CAST(NULL AS BIGINT) AS step \
+    FROM tracking_params WHERE run_id IN (SELECT run_id FROM ids) \
+    UNION ALL SELECT 1, run_id, key, value, NULL, NULL, NULL, NULL \
+    FROM tracking_tags WHERE run_id IN (SELECT run_id FROM ids) \
+    UNION ALL SELECT 2, run_id, key, NULL, value, is_nan, timestamp, step \
+    FROM tracking_latest_metrics WHERE run_id IN (SELECT run_id FROM ids) \
+    ORDER BY kind, key";
+
+/// One row of [`RUN_DATA_SQL`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct RunDataRow {
+    kind: i64,
+    run_id: String,
+    key: String,
+    text: Option<String>,
+    number: Option<f64>,
+    is_nan: Option<i64>,
+    timestamp: Option<i64>,
+    step: Option<i64>,
+}
+
+/// Splits [`RunDataRow`]s into params, tags and latest metrics.
+#[allow(clippy::type_complexity)]
+pub(crate) fn split_run_data(
+    rows: Vec<RunDataRow>,
+) -> Result<(Vec<OwnedKeyValueRow>, Vec<OwnedKeyValueRow>, Vec<MetricRow>)> {
+    let (mut params, mut tags, mut metrics) = (Vec::new(), Vec::new(), Vec::new());
+    let broken = || StoreError::Backend("a stored run row is missing a value".to_owned());
+    for row in rows {
+        match row.kind {
+            0 | 1 => {
+                let pair = OwnedKeyValueRow {
+                    owner: row.run_id,
+                    key: row.key,
+                    value: row.text.ok_or_else(broken)?,
+                };
+                if row.kind == 0 {
+                    params.push(pair);
+                } else {
+                    tags.push(pair);
+                }
+            }
+            _ => metrics.push(MetricRow {
+                run_id: row.run_id,
+                key: row.key,
+                value: row.number.ok_or_else(broken)?,
+                is_nan: row.is_nan.ok_or_else(broken)?,
+                timestamp: row.timestamp.ok_or_else(broken)?,
+                step: row.step.ok_or_else(broken)?,
+            }),
+        }
+    }
+    Ok((params, tags, metrics))
+}
+
 pub(crate) const RUN_INFO_COLUMNS: &str = "r.run_id, r.experiment_id, r.name, r.user_id, \
      r.status, r.start_time, r.end_time, r.lifecycle_stage, r.artifact_uri";
 
@@ -1158,21 +1228,22 @@ macro_rules! tracking_impl {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let owners = || ids.iter().cloned().map(Arg::Text).collect();
-                let params = owned_pairs(conn, "tracking_params", "run_id", owners()).await?;
-                let tags = owned_pairs(conn, "tracking_tags", "run_id", owners()).await?;
+                // Params, tags and latest metrics in one statement: each statement is a round
+                // trip to the database, and a search or a run read pays for every one.
                 let mut sql = Sql::default();
-                sql.push(
-                    "SELECT run_id, key, value, is_nan, timestamp, step \
-                     FROM tracking_latest_metrics WHERE run_id IN ",
-                );
-                sql.list(ids.iter().cloned().map(Arg::Text));
-                sql.push(" ORDER BY key");
-                let query = sqlx::query_as::<_, MetricRow>(AssertSqlSafe(sql.text));
-                let metrics = bind_all!(query, sql.args)
+                sql.push("WITH ids (run_id) AS (VALUES ");
+                for (i, id) in ids.iter().enumerate() {
+                    sql.push(if i == 0 { "(" } else { ", (" });
+                    sql.arg(Arg::Text(id.clone())).push(")");
+                }
+                sql.push(") ");
+                sql.push($crate::tracking::RUN_DATA_SQL);
+                let query = sqlx::query_as::<_, $crate::tracking::RunDataRow>(AssertSqlSafe(sql.text));
+                let data = bind_all!(query, sql.args)
                     .fetch_all(&mut *conn)
                     .await
-                    .ctx("reading the metrics of runs")?;
+                    .ctx("reading the params, tags and metrics of runs")?;
+                let (params, tags, metrics) = $crate::tracking::split_run_data(data)?;
                 let mut sql = Sql::default();
                 sql.push(
                     "SELECT run_id, name, digest, source_type, source, schema, profile, tags \
@@ -1580,7 +1651,13 @@ macro_rules! tracking_impl {
                     tx.commit().await.ctx("committing a run tag deletion")
                 }
 
-                async fn log_inputs(&self, run_id: &str, inputs: &[DatasetInput], at: Millis) -> Result<()> {
+                async fn log_inputs(
+                    &self,
+                    run_id: &str,
+                    inputs: &[DatasetInput],
+                    models: &[String],
+                    at: Millis,
+                ) -> Result<()> {
                     let mut tx = self.begin().await?;
                     require_active_run(&mut tx, run_id).await?;
                     for input in inputs {
@@ -1608,7 +1685,42 @@ macro_rules! tracking_impl {
                         .await
                         .ctx("logging a dataset input")?;
                     }
-                    tx.commit().await.ctx("committing dataset inputs")
+                    for model_id in models {
+                        let stage: Option<String> = sqlx::query_scalar(
+                            "SELECT lifecycle_stage FROM logged_models WHERE model_id = $1",
+                        )
+                        .bind(model_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .ctx("reading a logged model")?;
+                        if stage.as_deref() != Some(ACTIVE) {
+                            return Err(StoreError::NotFound(format!(
+                                "logged model with id `{model_id}`"
+                            )));
+                        }
+                        sqlx::query(
+                            "INSERT INTO tracking_run_model_inputs (run_id, model_id, created_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(run_id)
+                        .bind(model_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("logging a model input")?;
+                    }
+                    tx.commit().await.ctx("committing run inputs")
+                }
+
+                async fn run_model_inputs(&self, run_id: &str) -> Result<Vec<String>> {
+                    sqlx::query_scalar(
+                        "SELECT model_id FROM tracking_run_model_inputs WHERE run_id = $1 \
+                         ORDER BY created_at, model_id",
+                    )
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .ctx("reading the model inputs of a run")
                 }
 
                 async fn metric_history(
@@ -1620,7 +1732,6 @@ macro_rules! tracking_impl {
                 ) -> Result<Page<Metric>> {
                     let sql_limit = $crate::tracking::page_limit(limit)?;
                     let mut conn = self.pool.acquire().await.ctx("connecting")?;
-                    require_run(&mut conn, run_id).await?;
                     let rows: Vec<MetricRow> = sqlx::query_as(
                         "SELECT run_id, key, value, is_nan, timestamp, step FROM tracking_metrics \
                          WHERE run_id = $1 AND key = $2 ORDER BY step, timestamp, value LIMIT $3 OFFSET $4",
@@ -1632,6 +1743,10 @@ macro_rules! tracking_impl {
                     .fetch_all(&mut *conn)
                     .await
                     .ctx("reading a metric history")?;
+                    // Only an empty page needs to know whether the run exists.
+                    if rows.is_empty() {
+                        require_run(&mut conn, run_id).await?;
+                    }
                     let page = $crate::tracking::paged(rows, limit, offset);
                     Ok(Page {
                         items: page.items.into_iter().map(MetricRow::into_metric).collect(),

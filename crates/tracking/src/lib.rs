@@ -322,7 +322,11 @@ async fn get_run(State(t): St, req: Req) -> Reply {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run '{id}' not found")))?;
     let outputs = t.store.run_model_outputs(std::slice::from_ref(&id)).await?;
-    ok(json!({"run": models::with_outputs(wire::run(&run), &outputs)}))
+    // Like MLflow, only a single run's answer carries its model inputs.
+    let model_inputs = t.store.run_model_inputs(&id).await?;
+    let mut body = models::with_outputs(wire::run(&run), &outputs);
+    body["inputs"]["model_inputs"] = models::model_inputs(&model_inputs);
+    ok(json!({"run": body}))
 }
 
 async fn update_run(State(t): St, req: Req) -> Reply {
@@ -488,8 +492,13 @@ async fn log_inputs(State(t): St, req: Req) -> Reply {
         .iter()
         .map(wire::dataset_input)
         .collect::<ApiResult<Vec<DatasetInput>>>()?;
+    let models = req
+        .list("models")?
+        .iter()
+        .map(models::model_input)
+        .collect::<ApiResult<Vec<String>>>()?;
     t.store
-        .log_inputs(&run_id(&req)?, &inputs, now_millis())
+        .log_inputs(&run_id(&req)?, &inputs, &models, now_millis())
         .await?;
     ok(json!({}))
 }

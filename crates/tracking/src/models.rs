@@ -183,13 +183,24 @@ pub fn with_outputs(mut run: Value, outputs: &[RunModelOutput]) -> Value {
     run
 }
 
-/// One `models` entry of a `log-outputs` request.
-pub fn model_output(value: &Value) -> ApiResult<ModelOutput> {
-    let model_id = value
+/// A run's `inputs.model_inputs`.
+pub fn model_inputs(model_ids: &[String]) -> Value {
+    model_ids.iter().map(|id| json!({"model_id": id})).collect()
+}
+
+/// One `models` entry of a `log-inputs` request: the id of a logged model.
+pub fn model_input(value: &Value) -> ApiResult<String> {
+    value
         .get("model_id")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::missing("models.model_id"))?;
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::missing("models.model_id"))
+}
+
+/// One `models` entry of a `log-outputs` request.
+pub fn model_output(value: &Value) -> ApiResult<ModelOutput> {
+    let model_id = model_input(value)?;
     let step = match value.get("step") {
         None | Some(Value::Null) => 0,
         Some(Value::Number(n)) => n
@@ -200,10 +211,7 @@ pub fn model_output(value: &Value) -> ApiResult<ModelOutput> {
             .map_err(|_| ApiError::invalid("'models.step' must be an integer"))?,
         Some(_) => return Err(ApiError::invalid("'models.step' must be an integer")),
     };
-    Ok(ModelOutput {
-        model_id: model_id.to_owned(),
-        step,
-    })
+    Ok(ModelOutput { model_id, step })
 }
 
 fn paged(body: &mut Value, next: Option<u64>) {

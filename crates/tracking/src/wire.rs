@@ -128,10 +128,10 @@ impl Req {
         }
     }
 
-    pub fn list(&self, field: &str) -> ApiResult<Vec<Value>> {
+    pub fn list(&self, field: &str) -> ApiResult<&[Value]> {
         match self.0.get(field) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => Ok(items.clone()),
+            None | Some(Value::Null) => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
             Some(_) => Err(ApiError::invalid(format!("'{field}' must be a list"))),
         }
     }
