@@ -113,7 +113,7 @@ fn the_committed_yaml_is_what_the_kfp_compiler_writes() {
         );
         compiled += 1;
     }
-    assert_eq!(compiled, 17);
+    assert_eq!(compiled, 18);
 }
 
 #[test]
@@ -556,15 +556,109 @@ fn env_resources_and_a_custom_cache_key() {
     assert_eq!(output(&run, "env-and-key", "Output"), json!("test:x1:one"));
 }
 
+/// `dsl.OneOf` of a parameter and of an artifact: the consumer gets the output of whichever
+/// branch ran, with the artifact's metadata.
 #[test]
-fn an_unsupported_construct_is_refused_by_name() {
+fn one_of_selects_the_output_of_the_branch_that_ran() {
+    let Some(bin) = kfp_bin() else { return };
     let dir = Dir::new();
-    let r = dir.run(&["run", &example("one-of")]);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("task `say-3` input `msg`") && r.stderr.contains("dsl.OneOf"),
-        "{}",
-        r.stderr
+    for (n, condition, suffix, msg, data) in [
+        ("0", "condition-2", "", "heads won", "heads data"),
+        ("1", "condition-3", "-2", "tails won", "tails data"),
+        (
+            "2",
+            "condition-4",
+            "-3",
+            "it stood on its edge",
+            "edge data",
+        ),
+    ] {
+        let r = capstan(
+            &dir,
+            &bin,
+            &["run", &example("one-of"), "-p", &format!("n={n}")],
+        );
+        r.ok();
+        let run = dir.show(&r.run_id());
+        let branch = format!("condition-branches-1/{condition}/");
+        // `say-4` says what the branch said: the cache may answer it.
+        for (name, s) in statuses(&run) {
+            let skipped = name.starts_with("condition-branches-1/") && !name.starts_with(&branch);
+            let want: &[&str] = if skipped {
+                &["skipped"]
+            } else {
+                &["succeeded", "cached"]
+            };
+            assert!(want.contains(&s.as_str()), "n={n}: {name} is {s}");
+        }
+        assert_eq!(
+            output(&run, &format!("{branch}say{suffix}"), "Output"),
+            json!(msg)
+        );
+        assert_eq!(output(&run, "say-4", "Output"), json!(msg), "n={n}");
+        assert_eq!(
+            output(&run, "read-tagged", "Output"),
+            json!(format!("{data} ({data})")),
+            "n={n}"
+        );
+    }
+}
+
+/// Nested loops whose items come from a pipeline parameter, an upstream output and a field of
+/// the outer item, with a `dsl.Collected` fan-in of every combination.
+#[test]
+fn nested_loops_over_parameters_and_upstream_outputs() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &[
+            "run",
+            &example("loops-from-outputs"),
+            "-p",
+            "xs=[1, 5]",
+            "-p",
+            "n=3",
+        ],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    let mut i = 0;
+    for x in [1, 5] {
+        for y in [1, 2, 3] {
+            let name = format!("for-loop-1/for-loop-2/add[{i}]");
+            assert_eq!(output(&run, &name, "Output"), json!(x + y), "{name}");
+            i += 1;
+        }
+    }
+    assert_eq!(
+        output(&run, "total", "Output"),
+        json!(2 + 3 + 4 + 6 + 7 + 8)
+    );
+    // table(3): r0 has tag t00, r1 t10 and t11, r2 t20, t21 and t22; each for z in xs.
+    let mut want = Vec::new();
+    for row in 0..3 {
+        for z in [1, 5] {
+            for j in 0..=row {
+                want.push(format!("t{row}{j}-{z}"));
+            }
+        }
+    }
+    let labels: Vec<Value> = (0..want.len())
+        .map(|i| {
+            output(
+                &run,
+                &format!("for-loop-3/for-loop-4/for-loop-5/label[{i}]"),
+                "Output",
+            )
+        })
+        .collect();
+    assert_eq!(labels, want.iter().map(|w| json!(w)).collect::<Vec<_>>());
+    assert_eq!(
+        run["tasks"].as_array().unwrap().len(),
+        3 + 6 + want.len(),
+        "{run:#}"
     );
 }
 

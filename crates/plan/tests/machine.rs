@@ -342,6 +342,72 @@ fn true_condition_runs_the_step() {
     );
 }
 
+const ONE_OF: &str = r#"
+name: one-of
+params:
+  heads: {type: bool, default: true}
+steps:
+  yes: {when: "{{ params.heads }}", run: [y], outputs: {parameters: {msg: string}}}
+  no: {when: "!{{ params.heads }}", run: [n], outputs: {parameters: {said: string}}}
+  say: {run: [s, "{{ one_of(steps.yes.outputs.msg, steps.no.outputs.said) }}"]}
+"#;
+
+/// `one_of` takes the output of whichever branch ran; it is skipped only when none did.
+#[test]
+fn one_of_takes_the_output_of_the_branch_that_ran() {
+    for (heads, ran, skipped, want) in [(true, "yes", "no", "won"), (false, "no", "yes", "lost")] {
+        let p = pipeline(ONE_OF);
+        let params = capstan_spec::bind_params(&p, &[("heads".into(), heads.to_string())]).unwrap();
+        let mut s = Sim::new(Machine::new(p, params, "run1", 4));
+        let outcome = s.run(|name, _| match name {
+            "yes" => TaskResult::Succeeded {
+                outputs: outputs(&[("msg", json!("won"))]),
+                cached: false,
+            },
+            "no" => TaskResult::Succeeded {
+                outputs: outputs(&[("said", json!("lost"))]),
+                cached: false,
+            },
+            _ => ok(),
+        });
+        assert_eq!(outcome, Outcome::Succeeded);
+        assert!(
+            s.trace.contains(&format!("launch {ran}#1")),
+            "{:?}",
+            s.trace
+        );
+        assert!(
+            s.trace
+                .iter()
+                .any(|t| t.starts_with(&format!("skip {skipped}:"))),
+            "{:?}",
+            s.trace
+        );
+        let say = s.machine.task_id("say").unwrap();
+        let step = s.machine.task(say).step.clone();
+        let capstan_spec::Command::Argv(argv) = &step.run else {
+            panic!()
+        };
+        assert_eq!(argv[1].render(|r| s.machine.value(say, r)).unwrap(), want);
+    }
+
+    // Neither branch succeeded: the consumer is skipped, naming the steps.
+    let yaml = ONE_OF.replace("!{{ params.heads }}", "{{ params.heads }} && false");
+    let p = pipeline(&yaml);
+    let params = capstan_spec::bind_params(&p, &[("heads".into(), "false".into())]).unwrap();
+    let mut s = Sim::new(Machine::new(p, params, "run1", 4));
+    assert_eq!(s.run(|_, _| ok()), Outcome::Succeeded);
+    assert_eq!(s.trace.last().map(String::as_str), Some("finish succeeded"));
+    assert!(
+        s.trace.contains(
+            &"skip say: not run: it uses the output of one of the steps `yes`, `no`, and none succeeded"
+                .to_string()
+        ),
+        "{:?}",
+        s.trace
+    );
+}
+
 const FAILING: &str = r#"
 name: failing
 steps:
