@@ -455,6 +455,11 @@ fn collected_fans_in_parameters_and_artifacts_with_their_metadata() {
     for (i, x) in [3, 1, 2].iter().enumerate() {
         let name = format!("for-loop-1/shard[{i}]");
         assert_eq!(output(&run, &name, "Output"), json!(x * x));
+        // A task of the loop body reads the same iteration's outputs.
+        assert_eq!(
+            output(&run, &format!("for-loop-1/describe-shard[{i}]"), "Output"),
+            json!(format!("shard {x} x={x} square={}", x * x)),
+        );
     }
     assert_eq!(
         output(&run, "merge", "Output"),

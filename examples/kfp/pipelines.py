@@ -227,10 +227,17 @@ def merge(shards: Input[List[Dataset]], squares: List[int]) -> str:
     return "; ".join(parts) + f" | squares={sorted(squares)}"
 
 
+@dsl.component
+def describe_shard(data: Input[Dataset], square: int) -> str:
+    with open(data.path) as f:
+        return f"{f.read().strip()} x={data.metadata['x']} square={square}"
+
+
 @dsl.pipeline(name="fan-in")
 def fan_in(xs: List[int] = [1, 2, 3]):
     with dsl.ParallelFor(xs) as x:
         s = shard(x=x)
+        describe_shard(data=s.outputs["data"], square=s.outputs["Output"])
     merge(shards=dsl.Collected(s.outputs["data"]), squares=dsl.Collected(s.outputs["Output"]))
 
 

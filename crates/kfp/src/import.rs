@@ -899,15 +899,15 @@ impl<'a> Importer<'a> {
 
     fn upstream(&self, scope: &Scope<'a>, producer: &str, key: &str) -> Res<Src> {
         let r = self.output_ref(scope.dag, &scope.prefix, producer, key)?;
-        if scope.for_each.is_some()
-            && let Ref::StepOutput { step, .. } = &r
-            && step.starts_with(&scope.prefix)
-        {
-            return Err(format!(
-                "uses output `{key}` of `{producer}` in the same ParallelFor iteration, which capstan does not run yet"
-            ));
+        // A task of a loop body that uses another's output uses that of the same iteration.
+        match r {
+            Ref::StepOutput { step, output }
+                if scope.for_each.is_some() && step.starts_with(&scope.prefix) =>
+            {
+                Ok(Src::Ref(Ref::ThisIteration { step, output }))
+            }
+            r => Ok(Src::Ref(r)),
         }
-        Ok(Src::Ref(r))
     }
 
     fn container_step(&mut self, ctx: &StepCtx<'_>, container: &Value) -> Res<Step> {

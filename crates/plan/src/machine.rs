@@ -10,7 +10,9 @@
 //! - A main node becomes ready when every upstream node is done. If an upstream node failed or
 //!   was cancelled, it does not run (it is recorded `skipped` with the reason). If a node whose
 //!   *outputs* it uses was skipped, it is skipped too; an `after`-only dependency on a skipped
-//!   node does not block it.
+//!   node does not block it. A `one_of(...)` reference waits for all of its steps and blocks
+//!   only when none of them succeeded; a `this_iteration(...)` iteration is skipped when the
+//!   same iteration of its producer did not succeed.
 //! - `when` is evaluated per task (so it may use `item`); false means `skipped`.
 //! - At most `parallelism` tasks run at once, and at most `for_each.parallelism` per node.
 //! - When every main node is done, the exit handlers (`finally`) run, seeing `run.status`.
@@ -549,6 +551,18 @@ impl Machine {
                 .map(Binding::Value)
                 .ok_or_else(|| format!("unknown param `{name}`")),
             Ref::StepOutput { step, output } => self.step_output(step, output),
+            Ref::ThisIteration { step, output } => {
+                let up = self.iteration_of(task, step)?;
+                let missing = || format!("step `{}` did not record output `{output}`", up.name);
+                match (
+                    up.outputs.parameters.get(output),
+                    up.outputs.artifacts.get(output),
+                ) {
+                    (Some(v), _) => Ok(Binding::Value(v.clone())),
+                    (None, Some(a)) => Ok(Binding::Artifact(a.clone())),
+                    (None, None) => Err(missing()),
+                }
+            }
             Ref::OneOf(alts) => {
                 let chosen = alts.iter().find(|a| match a {
                     Ref::StepOutput { step, .. } => self.node_index.get(step).is_some_and(|&n| {
@@ -623,6 +637,24 @@ impl Machine {
                 return Err(format!("`outputs.{name}` cannot be used in a condition"));
             }
         })
+    }
+
+    /// The iteration of `step` with the same index as `task`, when it succeeded.
+    fn iteration_of(&self, task: TaskId, step: &str) -> Result<&Task, String> {
+        let index = self.tasks[task]
+            .index
+            .ok_or("`this_iteration` is only defined in a for_each step")?;
+        let name = format!("{step}[{index}]");
+        let up = self
+            .task_index
+            .get(&name)
+            .map(|&id| &self.tasks[id])
+            .ok_or_else(|| format!("step `{step}` has no iteration {index}"))?;
+        if matches!(up.state, TaskState::Succeeded | TaskState::Cached) {
+            Ok(up)
+        } else {
+            Err(format!("`{name}` did not succeed"))
+        }
     }
 
     fn step_output(&self, step: &str, output: &str) -> Result<Binding, String> {
@@ -846,6 +878,17 @@ impl Machine {
 
     /// Evaluates a new task's condition and queues it, or skips it.
     fn decide(&mut self, id: TaskId, step: &Step) {
+        // An iteration that uses the same iteration of another loop step runs only if that one
+        // succeeded (it may have been skipped by its own condition).
+        for r in step.refs() {
+            if let Ref::ThisIteration { step: up, .. } = r
+                && let Err(e) = self.iteration_of(id, up)
+            {
+                let reason = format!("not run: {e}");
+                self.push_never_run(id, Action::Skip { task: id, reason });
+                return;
+            }
+        }
         if let Some(when) = &step.when {
             match when.eval(|r| self.value(id, r)) {
                 Ok(true) => {}

@@ -144,6 +144,15 @@ impl Sim {
     }
 }
 
+/// Argument `i` of task `task`'s command, rendered with what the machine resolves.
+fn argument(m: &Machine, task: &str, i: usize) -> String {
+    let id = m.task_id(task).unwrap();
+    let capstan_spec::Command::Argv(argv) = &m.task(id).step.run else {
+        panic!("{task} has no argv")
+    };
+    argv[i].render(|r| m.value(id, r)).unwrap()
+}
+
 fn sim(yaml: &str, parallelism: usize) -> Sim {
     let p = pipeline(yaml);
     let params = params(&p);
@@ -226,13 +235,7 @@ fn fan_out_expands_and_fans_in_in_order() {
     });
     assert_eq!(outcome, Outcome::Succeeded);
     assert_eq!(s.max_running, 2, "for_each parallelism is honoured");
-    let pick = s.machine.task_id("pick").unwrap();
-    let step = s.machine.task(pick).step.clone();
-    let capstan_spec::Command::Argv(argv) = &step.run else {
-        panic!()
-    };
-    let rendered = argv[1].render(|r| s.machine.value(pick, r)).unwrap();
-    assert_eq!(rendered, "[0.5,0.9,0.7,0.6]");
+    assert_eq!(argument(&s.machine, "pick", 1), "[0.5,0.9,0.7,0.6]");
     let t1 = s.machine.task_id("train[1]").unwrap();
     assert_eq!(s.machine.task(t1).item, Some(&json!(0.2)));
 }
@@ -383,12 +386,7 @@ fn one_of_takes_the_output_of_the_branch_that_ran() {
             "{:?}",
             s.trace
         );
-        let say = s.machine.task_id("say").unwrap();
-        let step = s.machine.task(say).step.clone();
-        let capstan_spec::Command::Argv(argv) = &step.run else {
-            panic!()
-        };
-        assert_eq!(argv[1].render(|r| s.machine.value(say, r)).unwrap(), want);
+        assert_eq!(argument(&s.machine, "say", 1), want);
     }
 
     // Neither branch succeeded: the consumer is skipped, naming the steps.
@@ -406,6 +404,47 @@ fn one_of_takes_the_output_of_the_branch_that_ran() {
         "{:?}",
         s.trace
     );
+}
+
+const BODY: &str = r#"
+name: body
+steps:
+  a:
+    for_each: [1, 2, 3]
+    when: "{{ item }} != 2"
+    run: [a, "{{ item }}"]
+    outputs: {parameters: {x: int}}
+  b:
+    for_each: [1, 2, 3]
+    run: [b, "{{ this_iteration(steps.a.outputs.x) }}"]
+"#;
+
+/// A loop body's steps pass data iteration by iteration; an iteration whose producer was
+/// skipped is skipped too.
+#[test]
+fn this_iteration_takes_the_output_of_the_same_iteration() {
+    let mut s = sim(BODY, 4);
+    let outcome = s.run(|name, _| match name {
+        "a[0]" => TaskResult::Succeeded {
+            outputs: outputs(&[("x", json!(10))]),
+            cached: false,
+        },
+        "a[2]" => TaskResult::Succeeded {
+            outputs: outputs(&[("x", json!(30))]),
+            cached: false,
+        },
+        _ => ok(),
+    });
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(
+        s.trace
+            .contains(&"skip b[1]: not run: `a[1]` did not succeed".to_string()),
+        "{:?}",
+        s.trace
+    );
+    for (task, want) in [("b[0]", "10"), ("b[2]", "30")] {
+        assert_eq!(argument(&s.machine, task, 1), want);
+    }
 }
 
 const FAILING: &str = r#"

@@ -388,7 +388,8 @@ impl Step {
             self.after.iter().map(String::as_str).collect();
         for r in self.refs() {
             match r {
-                crate::template::Ref::StepOutput { step, .. } => {
+                crate::template::Ref::StepOutput { step, .. }
+                | crate::template::Ref::ThisIteration { step, .. } => {
                     out.insert(step.as_str());
                 }
                 crate::template::Ref::OneOf(alts) => out.extend(one_of_steps(alts)),
@@ -416,7 +417,8 @@ impl Step {
         self.refs()
             .into_iter()
             .filter_map(|r| match r {
-                crate::template::Ref::StepOutput { step, .. } => Some(step.as_str()),
+                crate::template::Ref::StepOutput { step, .. }
+                | crate::template::Ref::ThisIteration { step, .. } => Some(step.as_str()),
                 _ => None,
             })
             .collect()

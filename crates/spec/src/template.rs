@@ -39,6 +39,10 @@ pub enum Ref {
     /// step waits for all of them and is skipped only when none succeeded. Each alternative is a
     /// [`Ref::StepOutput`].
     OneOf(Vec<Ref>),
+    /// `this_iteration(steps.A.outputs.X)`: in a `for_each` step, the output of the iteration of
+    /// step `A` (a `for_each` step over the same items) with the same index, rather than the list
+    /// of every iteration's. The body of a loop passes data this way.
+    ThisIteration { step: String, output: String },
 }
 
 impl fmt::Display for Ref {
@@ -61,6 +65,9 @@ impl fmt::Display for Ref {
                     write!(f, "{r}")?;
                 }
                 f.write_str(")")
+            }
+            Ref::ThisIteration { step, output } => {
+                write!(f, "this_iteration(steps.{step}.outputs.{output})")
             }
         }
     }
@@ -372,6 +379,17 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         }
         return Ok(Ref::OneOf(alts));
     }
+    if let Some(one) = inner
+        .strip_prefix("this_iteration(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        return match parse_ref(one.trim())? {
+            Ref::StepOutput { step, output } => Ok(Ref::ThisIteration { step, output }),
+            _ => Err(format!(
+                "invalid reference `{inner}`: this_iteration takes a `steps.STEP.outputs.NAME`"
+            )),
+        };
+    }
     let segs: Vec<&str> = inner.split('.').map(str::trim).collect();
     // A step name may have `/`-separated parts (the flattened sub-DAGs of an imported pipeline).
     let is_step = |i: usize| i == 1 && segs[0] == "steps";
@@ -412,7 +430,7 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         )),
         _ => Err(format!(
             "unknown reference `{inner}`: expected params.NAME, steps.STEP.outputs.NAME, \
-             one_of(steps...), outputs.NAME, inputs.NAME, item, run.FIELD or task.FIELD"
+             one_of(steps...), this_iteration(steps...), outputs.NAME, inputs.NAME, item, run.FIELD or task.FIELD"
         )),
     }
 }

@@ -264,6 +264,23 @@ impl<'a> Validator<'a> {
                 }
                 None
             }
+            Ref::ThisIteration { step: up, output } => {
+                let plain = Ref::StepOutput {
+                    step: up.clone(),
+                    output: output.clone(),
+                };
+                self.reference(step, in_finally, &plain, pos, place);
+                match self.p.step(up) {
+                    Some(upstream)
+                        if step.for_each.is_none() || upstream.for_each != step.for_each =>
+                    {
+                        Some(format!(
+                            "`{r}` needs this step and step `{up}` to loop over the same items"
+                        ))
+                    }
+                    _ => None,
+                }
+            }
             Ref::Param(name) if !self.p.params.contains_key(name) => {
                 Some(if self.p.params.is_empty() {
                     format!("unknown param `{name}` in `{r}`: the pipeline declares no params")
@@ -394,6 +411,17 @@ impl<'a> Validator<'a> {
             Ref::Task(field) if field == "attempt" || field == "index" => Some(ParamType::Int),
             Ref::Run(_) | Ref::Task(_) | Ref::Output(_) => Some(ParamType::String),
             Ref::Input(_) | Ref::Item(_) => None,
+            Ref::ThisIteration { step, output } => {
+                let upstream = self.p.step(step)?;
+                match upstream.outputs.parameters.get(output) {
+                    Some(ty) => Some(*ty),
+                    None => upstream
+                        .outputs
+                        .artifacts
+                        .get(output)
+                        .map(|_| ParamType::String),
+                }
+            }
             Ref::OneOf(alts) => {
                 let first = self.ref_type(alts.first()?)?;
                 alts.iter()
