@@ -113,7 +113,7 @@ fn the_committed_yaml_is_what_the_kfp_compiler_writes() {
         );
         compiled += 1;
     }
-    assert_eq!(compiled, 18);
+    assert_eq!(compiled, 19);
 }
 
 #[test]
@@ -664,6 +664,46 @@ fn nested_loops_over_parameters_and_upstream_outputs() {
         run["tasks"].as_array().unwrap().len(),
         3 + 6 + want.len(),
         "{run:#}"
+    );
+}
+
+/// HTML, Markdown and ClassificationMetrics outputs keep their types, contents and metadata.
+#[test]
+fn html_markdown_and_classification_metrics_artifacts() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("artifact-types")]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(
+        output(&run, "read-kinds", "Output"),
+        json!("<h1>ok</h1>|# notes|ok")
+    );
+    let listed = artifacts(&dir, &r.run_id());
+    let by_name = |n: &str| {
+        listed
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap_or_else(|| panic!("no artifact {n} in {listed:#?}"))
+            .clone()
+    };
+    assert_eq!(by_name("page")["type_name"], "HTML");
+    assert_eq!(by_name("page")["metadata"]["title"], "ok");
+    assert_eq!(by_name("notes")["type_name"], "Markdown");
+    assert_eq!(
+        artifact_text(&dir, by_name("notes")["id"].as_str().unwrap()),
+        "# notes"
+    );
+    let scores = by_name("scores");
+    assert_eq!(scores["type_name"], "ClassificationMetrics");
+    let matrix = &scores["metadata"]["confusionMatrix"];
+    assert_eq!(
+        matrix["annotationSpecs"],
+        json!([{"displayName": "a"}, {"displayName": "b"}])
+    );
+    assert_eq!(
+        numeric(&matrix["rows"]),
+        numeric(&json!([{"row": [3, 1]}, {"row": [0, 4]}]))
     );
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 from kfp import compiler, dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 @dsl.component
@@ -354,9 +354,31 @@ def input_artifacts(data: Input[Dataset]):
     read_text(data=data)
 
 
+@dsl.component
+def report_kinds(page: Output[HTML], notes: Output[Markdown], scores: Output[ClassificationMetrics]):
+    with open(page.path, "w") as f:
+        f.write("<h1>ok</h1>")
+    page.metadata["title"] = "ok"
+    with open(notes.path, "w") as f:
+        f.write("# notes")
+    scores.log_confusion_matrix(["a", "b"], [[3, 1], [0, 4]])
+
+
+@dsl.component
+def read_kinds(page: Input[HTML], notes: Input[Markdown]) -> str:
+    with open(page.path) as p, open(notes.path) as n:
+        return f"{p.read()}|{n.read()}|{page.metadata['title']}"
+
+
+@dsl.pipeline(name="artifact-types")
+def artifact_types():
+    made = report_kinds()
+    read_kinds(page=made.outputs["page"], notes=made.outputs["notes"])
+
+
 PIPELINES = [chain, artifacts, conditions, loops, exit_handler, retries, containers, structs,
              importer, nested, nested_loops, fan_in, metadata, one_of, placeholders, options,
-             input_artifacts, loops_from_outputs]
+             input_artifacts, loops_from_outputs, artifact_types]
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent

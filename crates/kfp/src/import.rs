@@ -1819,6 +1819,24 @@ mod tests {
     }
 
     #[test]
+    fn a_platforms_document_is_kept_as_metadata() {
+        let text = format!(
+            "{}---\nplatforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-add:\n          nodeSelector:\n            labels: {{pool: gpu}}\n",
+            example("chain")
+        );
+        assert!(is_kfp_ir(&text));
+        let p = import(&text, "chain.yaml", ImportOptions::default())
+            .unwrap_or_else(|d| panic!("{d}"))
+            .pipeline;
+        assert_eq!(p.steps.len(), 3);
+        assert_eq!(
+            p.metadata["kfp"]["platforms"][0]["kubernetes"]["deploymentSpec"]["executors"]["exec-add"]
+                ["nodeSelector"]["labels"]["pool"],
+            "gpu"
+        );
+    }
+
+    #[test]
     fn reads_memory_and_cpu_quantities() {
         assert_eq!(memory("2Gi"), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(memory("512M"), Some(512_000_000));
