@@ -309,6 +309,35 @@ fn container_components_write_output_paths_and_keep_env_and_resources() {
     assert_eq!(task(&run, "wc")["resources"]["memory"], 512_000_000);
 }
 
+/// A container component whose tools exist only in its image fails on the host with a message
+/// that names the image.
+#[test]
+fn a_component_that_cannot_run_on_the_host_names_its_image() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let yaml = std::fs::read_to_string(example("containers"))
+        .unwrap()
+        .replacen(
+            "        command:\n        - sh\n        - -c\n        env:",
+            "        command:\n        - tool-only-in-the-image\n        env:",
+            1,
+        );
+    assert!(yaml.contains("tool-only-in-the-image"));
+    let path = dir.write("containers.yaml", &yaml);
+    let r = capstan(&dir, &bin, &["run", path.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let run = dir.show(&r.run_id());
+    assert_eq!(status(&run, "wc"), "failed");
+    let message = task(&run, "wc")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("tool-only-in-the-image") && message.contains("image `busybox:1.36`"),
+        "{message}"
+    );
+}
+
 #[test]
 fn struct_list_and_named_tuple_outputs() {
     let Some(bin) = kfp_bin() else { return };
