@@ -115,7 +115,7 @@ fn the_committed_yaml_is_what_the_kfp_compiler_writes() {
         );
         compiled += 1;
     }
-    assert_eq!(compiled, 17);
+    assert_eq!(compiled, 19);
 }
 
 #[test]
@@ -311,6 +311,35 @@ fn container_components_write_output_paths_and_keep_env_and_resources() {
     assert_eq!(task(&run, "wc")["resources"]["memory"], 512_000_000);
 }
 
+/// A container component whose tools exist only in its image fails on the host with a message
+/// that names the image.
+#[test]
+fn a_component_that_cannot_run_on_the_host_names_its_image() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let yaml = std::fs::read_to_string(example("containers"))
+        .unwrap()
+        .replacen(
+            "        command:\n        - sh\n        - -c\n        env:",
+            "        command:\n        - tool-only-in-the-image\n        env:",
+            1,
+        );
+    assert!(yaml.contains("tool-only-in-the-image"));
+    let path = dir.write("containers.yaml", &yaml);
+    let r = capstan(&dir, &bin, &["run", path.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let run = dir.show(&r.run_id());
+    assert_eq!(status(&run, "wc"), "failed");
+    let message = task(&run, "wc")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("tool-only-in-the-image") && message.contains("image `busybox:1.36`"),
+        "{message}"
+    );
+}
+
 #[test]
 fn struct_list_and_named_tuple_outputs() {
     let Some(bin) = kfp_bin() else { return };
@@ -457,6 +486,11 @@ fn collected_fans_in_parameters_and_artifacts_with_their_metadata() {
     for (i, x) in [3, 1, 2].iter().enumerate() {
         let name = format!("for-loop-1/shard[{i}]");
         assert_eq!(output(&run, &name, "Output"), json!(x * x));
+        // A task of the loop body reads the same iteration's outputs.
+        assert_eq!(
+            output(&run, &format!("for-loop-1/describe-shard[{i}]"), "Output"),
+            json!(format!("shard {x} x={x} square={}", x * x)),
+        );
     }
     assert_eq!(
         output(&run, "merge", "Output"),
@@ -558,15 +592,149 @@ fn env_resources_and_a_custom_cache_key() {
     assert_eq!(output(&run, "env-and-key", "Output"), json!("test:x1:one"));
 }
 
+/// `dsl.OneOf` of a parameter and of an artifact: the consumer gets the output of whichever
+/// branch ran, with the artifact's metadata.
 #[test]
-fn an_unsupported_construct_is_refused_by_name() {
+fn one_of_selects_the_output_of_the_branch_that_ran() {
+    let Some(bin) = kfp_bin() else { return };
     let dir = Dir::new();
-    let r = dir.run(&["run", &example("one-of")]);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("task `say-3` input `msg`") && r.stderr.contains("dsl.OneOf"),
-        "{}",
-        r.stderr
+    for (n, condition, suffix, msg, data) in [
+        ("0", "condition-2", "", "heads won", "heads data"),
+        ("1", "condition-3", "-2", "tails won", "tails data"),
+        (
+            "2",
+            "condition-4",
+            "-3",
+            "it stood on its edge",
+            "edge data",
+        ),
+    ] {
+        let r = capstan(
+            &dir,
+            &bin,
+            &["run", &example("one-of"), "-p", &format!("n={n}")],
+        );
+        r.ok();
+        let run = dir.show(&r.run_id());
+        let branch = format!("condition-branches-1/{condition}/");
+        // `say-4` says what the branch said: the cache may answer it.
+        for (name, s) in statuses(&run) {
+            let skipped = name.starts_with("condition-branches-1/") && !name.starts_with(&branch);
+            let want: &[&str] = if skipped {
+                &["skipped"]
+            } else {
+                &["succeeded", "cached"]
+            };
+            assert!(want.contains(&s.as_str()), "n={n}: {name} is {s}");
+        }
+        assert_eq!(
+            output(&run, &format!("{branch}say{suffix}"), "Output"),
+            json!(msg)
+        );
+        assert_eq!(output(&run, "say-4", "Output"), json!(msg), "n={n}");
+        assert_eq!(
+            output(&run, "read-tagged", "Output"),
+            json!(format!("{data} ({data})")),
+            "n={n}"
+        );
+    }
+}
+
+/// Nested loops whose items come from a pipeline parameter, an upstream output and a field of
+/// the outer item, with a `dsl.Collected` fan-in of every combination.
+#[test]
+fn nested_loops_over_parameters_and_upstream_outputs() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(
+        &dir,
+        &bin,
+        &[
+            "run",
+            &example("loops-from-outputs"),
+            "-p",
+            "xs=[1, 5]",
+            "-p",
+            "n=3",
+        ],
+    );
+    r.ok();
+    let run = dir.show(&r.run_id());
+    let mut i = 0;
+    for x in [1, 5] {
+        for y in [1, 2, 3] {
+            let name = format!("for-loop-1/for-loop-2/add[{i}]");
+            assert_eq!(output(&run, &name, "Output"), json!(x + y), "{name}");
+            i += 1;
+        }
+    }
+    assert_eq!(
+        output(&run, "total", "Output"),
+        json!(2 + 3 + 4 + 6 + 7 + 8)
+    );
+    // table(3): r0 has tag t00, r1 t10 and t11, r2 t20, t21 and t22; each for z in xs.
+    let mut want = Vec::new();
+    for row in 0..3 {
+        for z in [1, 5] {
+            for j in 0..=row {
+                want.push(format!("t{row}{j}-{z}"));
+            }
+        }
+    }
+    let labels: Vec<Value> = (0..want.len())
+        .map(|i| {
+            output(
+                &run,
+                &format!("for-loop-3/for-loop-4/for-loop-5/label[{i}]"),
+                "Output",
+            )
+        })
+        .collect();
+    assert_eq!(labels, want.iter().map(|w| json!(w)).collect::<Vec<_>>());
+    assert_eq!(
+        run["tasks"].as_array().unwrap().len(),
+        3 + 6 + want.len(),
+        "{run:#}"
+    );
+}
+
+/// HTML, Markdown and ClassificationMetrics outputs keep their types, contents and metadata.
+#[test]
+fn html_markdown_and_classification_metrics_artifacts() {
+    let Some(bin) = kfp_bin() else { return };
+    let dir = Dir::new();
+    let r = capstan(&dir, &bin, &["run", &example("artifact-types")]);
+    r.ok();
+    let run = dir.show(&r.run_id());
+    assert_eq!(
+        output(&run, "read-kinds", "Output"),
+        json!("<h1>ok</h1>|# notes|ok")
+    );
+    let listed = artifacts(&dir, &r.run_id());
+    let by_name = |n: &str| {
+        listed
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap_or_else(|| panic!("no artifact {n} in {listed:#?}"))
+            .clone()
+    };
+    assert_eq!(by_name("page")["type_name"], "HTML");
+    assert_eq!(by_name("page")["metadata"]["title"], "ok");
+    assert_eq!(by_name("notes")["type_name"], "Markdown");
+    assert_eq!(
+        artifact_text(&dir, by_name("notes")["id"].as_str().unwrap()),
+        "# notes"
+    );
+    let scores = by_name("scores");
+    assert_eq!(scores["type_name"], "ClassificationMetrics");
+    let matrix = &scores["metadata"]["confusionMatrix"];
+    assert_eq!(
+        matrix["annotationSpecs"],
+        json!([{"displayName": "a"}, {"displayName": "b"}])
+    );
+    assert_eq!(
+        numeric(&matrix["rows"]),
+        numeric(&json!([{"row": [3, 1]}, {"row": [0, 4]}]))
     );
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 from kfp import compiler, dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 @dsl.component
@@ -227,10 +227,17 @@ def merge(shards: Input[List[Dataset]], squares: List[int]) -> str:
     return "; ".join(parts) + f" | squares={sorted(squares)}"
 
 
+@dsl.component
+def describe_shard(data: Input[Dataset], square: int) -> str:
+    with open(data.path) as f:
+        return f"{f.read().strip()} x={data.metadata['x']} square={square}"
+
+
 @dsl.pipeline(name="fan-in")
 def fan_in(xs: List[int] = [1, 2, 3]):
     with dsl.ParallelFor(xs) as x:
         s = shard(x=x)
+        describe_shard(data=s.outputs["data"], square=s.outputs["Output"])
     merge(shards=dsl.Collected(s.outputs["data"]), squares=dsl.Collected(s.outputs["Output"]))
 
 
@@ -246,14 +253,63 @@ def metadata(rows: int = 3):
     describe(data=made.outputs["data"])
 
 
+@dsl.component
+def write(text: str, out: Output[Dataset]):
+    with open(out.path, "w") as f:
+        f.write(text + "\n")
+    out.metadata["text"] = text
+
+
+@dsl.component
+def read_tagged(data: Input[Dataset]) -> str:
+    with open(data.path) as f:
+        return f"{f.read().strip()} ({data.metadata['text']})"
+
+
 @dsl.pipeline(name="one-of")
 def one_of(n: int = 0):
     coin = flip(n=n)
     with dsl.If(coin.output == "heads"):
         heads = say(msg="heads won")
+        heads_data = write(text="heads data")
+    with dsl.Elif(coin.output == "tails"):
+        tails = say(msg="tails won")
+        tails_data = write(text="tails data")
     with dsl.Else():
-        other = say(msg="heads lost")
-    say(msg=dsl.OneOf(heads.output, other.output))
+        edge = say(msg="it stood on its edge")
+        edge_data = write(text="edge data")
+    say(msg=dsl.OneOf(heads.output, tails.output, edge.output))
+    read_tagged(data=dsl.OneOf(heads_data.outputs["out"], tails_data.outputs["out"],
+                               edge_data.outputs["out"]))
+
+
+@dsl.component
+def numbers(n: int) -> List[int]:
+    return list(range(1, n + 1))
+
+
+@dsl.component
+def table(n: int) -> List[dict]:
+    return [{"name": f"r{i}", "tags": [f"t{i}{j}" for j in range(i + 1)]} for i in range(n)]
+
+
+@dsl.component
+def label(tag: str, z: int) -> str:
+    return f"{tag}-{z}"
+
+
+@dsl.pipeline(name="loops-from-outputs")
+def loops_from_outputs(xs: List[int] = [1, 2], n: int = 2):
+    made = numbers(n=n)
+    with dsl.ParallelFor(xs) as x:
+        with dsl.ParallelFor(made.output) as y:
+            s = add(a=x, b=y)
+    total(xs=dsl.Collected(s.output))
+    rows = table(n=n)
+    with dsl.ParallelFor(rows.output) as row:
+        with dsl.ParallelFor(xs) as z:
+            with dsl.ParallelFor(row.tags) as tag:
+                label(tag=tag, z=z)
 
 
 @dsl.container_component
@@ -298,9 +354,31 @@ def input_artifacts(data: Input[Dataset]):
     read_text(data=data)
 
 
+@dsl.component
+def report_kinds(page: Output[HTML], notes: Output[Markdown], scores: Output[ClassificationMetrics]):
+    with open(page.path, "w") as f:
+        f.write("<h1>ok</h1>")
+    page.metadata["title"] = "ok"
+    with open(notes.path, "w") as f:
+        f.write("# notes")
+    scores.log_confusion_matrix(["a", "b"], [[3, 1], [0, 4]])
+
+
+@dsl.component
+def read_kinds(page: Input[HTML], notes: Input[Markdown]) -> str:
+    with open(page.path) as p, open(notes.path) as n:
+        return f"{p.read()}|{n.read()}|{page.metadata['title']}"
+
+
+@dsl.pipeline(name="artifact-types")
+def artifact_types():
+    made = report_kinds()
+    read_kinds(page=made.outputs["page"], notes=made.outputs["notes"])
+
+
 PIPELINES = [chain, artifacts, conditions, loops, exit_handler, retries, containers, structs,
              importer, nested, nested_loops, fan_in, metadata, one_of, placeholders, options,
-             input_artifacts]
+             input_artifacts, loops_from_outputs, artifact_types]
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent

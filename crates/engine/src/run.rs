@@ -524,17 +524,15 @@ impl Engine {
         let mut bindings = Vec::new();
         // The `for_each` source was consumed when the step expanded; resolving it again for
         // every iteration would copy the whole list once per item.
-        let source = match &step.for_each {
-            Some(capstan_spec::ForEach {
-                items: capstan_spec::ForEachItems::Ref(t),
-                ..
-            }) => Some(t),
-            _ => None,
-        };
+        let sources = step
+            .for_each
+            .as_ref()
+            .map(|f| f.sources())
+            .unwrap_or_default();
         let templates = step
             .templates()
             .into_iter()
-            .filter(|t| !source.is_some_and(|s| std::ptr::eq(*t, s)));
+            .filter(|t| !sources.iter().any(|s| std::ptr::eq(*t, *s)));
         for r in templates.flat_map(|t| t.refs()) {
             if bindings.iter().any(|(seen, _)| seen == r) {
                 continue;

@@ -519,8 +519,17 @@ pub(crate) async fn execute(env: &Env, a: Attempt) -> Result<AttemptResult> {
     match outcome {
         Outcome::Cancelled => return Ok(AttemptResult::Cancelled),
         o if !o.success() => {
+            let mut message = o.describe();
+            // The local executor runs no images: a step written for one may lack its tools here.
+            if executor.name() == "local"
+                && let Some(image) = &step.image
+            {
+                message.push_str(&format!(
+                    " (the step names image `{image}`, which the local executor does not use: its command ran on this host)"
+                ));
+            }
             return Ok(AttemptResult::Failed {
-                message: o.describe(),
+                message,
                 exit_code: o.exit_code(),
             });
         }

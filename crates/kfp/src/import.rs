@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use capstan_spec::template::{Filter, Part, Ref, Template};
 use capstan_spec::{
-    Command, Diagnostic, Diagnostics, ForEach, ForEachItems, Inputs, Outputs, ParamSpec, ParamType,
-    Pipeline, Resources, ResultsFile, RetryPolicy, Step, Value,
+    Command, Diagnostic, Diagnostics, ForEach, ForEachItems, ForEachLevel, Inputs, Outputs,
+    ParamSpec, ParamType, Pipeline, Resources, ResultsFile, RetryPolicy, Step, Value,
 };
 use indexmap::IndexMap;
 
@@ -354,7 +354,8 @@ fn cpu(s: &str) -> Option<f64> {
     }
 }
 
-/// The items of a loop that is not inside another loop: raw items, or an input parameter.
+/// The items of a loop: raw items, or an input parameter (a constant, a pipeline parameter, an
+/// upstream output, or a field of an outer loop's item).
 fn loop_items(iter: &Value, inputs: &HashMap<String, Src>) -> Res<ForEachItems> {
     if let Some(raw) = iter.pointer("/items/raw") {
         return Ok(ForEachItems::Literal(raw_items(raw)?));
@@ -366,6 +367,12 @@ fn loop_items(iter: &Value, inputs: &HashMap<String, Src>) -> Res<ForEachItems> 
             r.clone(),
         )]))),
         Some(Src::Value(Value::Array(xs))) => Ok(ForEachItems::Literal(xs.clone())),
+        Some(Src::Value(Value::String(s))) => match serde_json::from_str(s) {
+            Ok(Value::Array(xs)) => Ok(ForEachItems::Literal(xs)),
+            _ => Err(format!(
+                "parameterIterator.items.inputParameter `{input}` is not a list: `{s}`"
+            )),
+        },
         _ => Err(format!(
             "parameterIterator.items.inputParameter names `{input}`, which is not a list input of the task"
         )),
@@ -387,75 +394,46 @@ fn raw_items(raw: &Value) -> Res<Vec<Value>> {
     }
 }
 
-/// A loop inside a loop becomes one loop over every pair of items, each item an object with one
-/// field per loop (named after the loops' item inputs), so that iterations are `NAME[i]` as for
-/// any loop. The outer items must be known when the pipeline is imported (raw items); the inner
-/// ones may be raw, a constant or a field of the outer item (`ParallelFor(row.tags)`).
+/// A loop inside a loop becomes one loop over every combination of items
+/// ([`ForEachItems::Product`]), each item an object with one field per loop (named after the
+/// loops' item inputs), so that iterations are `NAME[i]` as for any loop. Every level's items
+/// may be raw, a constant, a pipeline parameter, an upstream output, or a field of an outer
+/// item (`ParallelFor(row.tags)`); the planner finds them when the step expands.
 fn nested_items(
     outer: &ForEach,
     scope: &Scope<'_>,
     iter: &Value,
     inputs: &mut HashMap<String, Src>,
     item: &str,
-) -> Res<Vec<Value>> {
-    let ForEachItems::Literal(outer_items) = &outer.items else {
-        return Err("is a ParallelFor inside a ParallelFor whose items come from a parameter or an upstream output, which capstan does not run yet: give the outer loop its items in the pipeline".to_string());
-    };
-    let mut outer_items = outer_items.clone();
-    if let Some(key) = &scope.item_key {
-        // The outer item becomes a field of the combined item.
-        outer_items = outer_items
-            .into_iter()
-            .map(|v| Value::Object([(key.clone(), v)].into_iter().collect()))
-            .collect();
-        for src in inputs.values_mut() {
-            if let Src::Ref(Ref::Item(path)) = src {
-                path.insert(0, key.clone());
+) -> Res<ForEachItems> {
+    let mut levels = match &outer.items {
+        ForEachItems::Product(levels) => levels.clone(),
+        items => {
+            // The outer item becomes a field of the combined item.
+            let key = scope
+                .item_key
+                .clone()
+                .ok_or("is a ParallelFor inside a loop whose item has no name")?;
+            for src in inputs.values_mut() {
+                if let Src::Ref(Ref::Item(path)) = src {
+                    path.insert(0, key.clone());
+                }
             }
-        }
-    }
-    let inner = |o: &Value| -> Res<Vec<Value>> {
-        if let Some(raw) = iter.pointer("/items/raw") {
-            return raw_items(raw);
-        }
-        let input =
-            text(iter, &["items", "inputParameter"]).ok_or("parameterIterator has no `items`")?;
-        let found = match inputs.get(input) {
-            Some(Src::Value(v)) => Some(v.clone()),
-            Some(Src::Ref(Ref::Item(path))) => path.iter().try_fold(o, |v, k| v.get(k)).cloned(),
-            _ => None,
-        };
-        match found {
-            Some(Value::Array(xs)) => Ok(xs),
-            Some(Value::String(s)) => match serde_json::from_str(&s) {
-                Ok(Value::Array(xs)) => Ok(xs),
-                _ => Err(format!(
-                    "the items of the inner ParallelFor are not a list: `{s}`"
-                )),
-            },
-            Some(other) => Err(format!(
-                "the items of the inner ParallelFor are not a list: `{other}`"
-            )),
-            None => Err(format!(
-                "is a ParallelFor inside a ParallelFor over `{input}`, which is neither constant nor a field of the outer item: capstan does not run that yet"
-            )),
+            vec![ForEachLevel {
+                key,
+                items: items.clone(),
+            }]
         }
     };
-    let mut product = Vec::new();
-    for o in &outer_items {
-        for i in inner(o)? {
-            let mut combined = o.clone();
-            if let Value::Object(m) = &mut combined {
-                m.insert(item.to_string(), i);
-            }
-            product.push(combined);
-        }
-    }
+    levels.push(ForEachLevel {
+        key: item.to_string(),
+        items: loop_items(iter, inputs)?,
+    });
     inputs.insert(
         item.to_string(),
         Src::Ref(Ref::Item(vec![item.to_string()])),
     );
-    Ok(product)
+    Ok(ForEachItems::Product(levels))
 }
 
 impl<'a> Importer<'a> {
@@ -675,9 +653,8 @@ impl<'a> Importer<'a> {
                         loop_items(iter, &inputs)?
                     }
                     Some(outer) => {
-                        let product = nested_items(outer, scope, iter, &mut inputs, item)?;
                         item_key = None;
-                        ForEachItems::Literal(product)
+                        nested_items(outer, scope, iter, &mut inputs, item)?
                     }
                 };
                 // A nested loop runs as one loop over every pair of items: its limit is the
@@ -818,39 +795,45 @@ impl<'a> Importer<'a> {
             });
         };
         let outputs = sub.get("outputs");
-        let selector = outputs
-            .and_then(|o| o.pointer(&format!("/parameters/{key}/valueFromParameter")))
-            .map(|s| {
-                (
-                    text(s, &["producerSubtask"]),
-                    text(s, &["outputParameterKey"]),
-                )
-            })
-            .or_else(|| {
-                outputs
-                    .and_then(|o| o.pointer(&format!("/artifacts/{key}/artifactSelectors/0")))
-                    .map(|s| {
-                        (
-                            text(s, &["producerSubtask"]),
-                            text(s, &["outputArtifactKey"]),
-                        )
-                    })
-            });
-        match selector {
-            Some((Some(sub_task), Some(sub_key))) => {
-                self.output_ref(sub, &format!("{full}/"), sub_task, sub_key)
+        let param = outputs.and_then(|o| o.pointer(&format!("/parameters/{key}")));
+        let art = outputs.and_then(|o| o.pointer(&format!("/artifacts/{key}")));
+        // `dsl.OneOf`: the output of whichever branch of a condition ran.
+        let (selectors, sub_key) = if let Some(s) = param.and_then(|p| p.get("valueFromParameter"))
+        {
+            (vec![s], "outputParameterKey")
+        } else if let Some(xs) = param
+            .and_then(|p| p.pointer("/valueFromOneof/parameterSelectors"))
+            .and_then(Value::as_array)
+        {
+            (xs.iter().collect(), "outputParameterKey")
+        } else if let Some(xs) = art
+            .and_then(|a| a.get("artifactSelectors"))
+            .and_then(Value::as_array)
+        {
+            (xs.iter().collect(), "outputArtifactKey")
+        } else {
+            (Vec::new(), "")
+        };
+        let mut alts = Vec::new();
+        for s in &selectors {
+            let (Some(sub_task), Some(sub_key)) =
+                (text(s, &["producerSubtask"]), text(s, &[sub_key]))
+            else {
+                return Err(format!(
+                    "uses output `{key}` of `{producer}`, whose selector `{s}` names no producer"
+                ));
+            };
+            match self.output_ref(sub, &format!("{full}/"), sub_task, sub_key)? {
+                Ref::OneOf(inner) => alts.extend(inner),
+                r => alts.push(r),
             }
-            _ if outputs
-                .and_then(|o| o.pointer(&format!("/parameters/{key}/valueFromOneof")))
-                .is_some() =>
-            {
-                Err(format!(
-                    "uses output `{key}` of `{producer}`, a dsl.OneOf output, which capstan does not run yet"
-                ))
-            }
-            _ => Err(format!(
+        }
+        match alts.len() {
+            0 => Err(format!(
                 "uses output `{key}` of `{producer}`, which it does not declare"
             )),
+            1 => Ok(alts.remove(0)),
+            _ => Ok(Ref::OneOf(alts)),
         }
     }
 
@@ -916,15 +899,15 @@ impl<'a> Importer<'a> {
 
     fn upstream(&self, scope: &Scope<'a>, producer: &str, key: &str) -> Res<Src> {
         let r = self.output_ref(scope.dag, &scope.prefix, producer, key)?;
-        if scope.for_each.is_some()
-            && let Ref::StepOutput { step, .. } = &r
-            && step.starts_with(&scope.prefix)
-        {
-            return Err(format!(
-                "uses output `{key}` of `{producer}` in the same ParallelFor iteration, which capstan does not run yet"
-            ));
+        // A task of a loop body that uses another's output uses that of the same iteration.
+        match r {
+            Ref::StepOutput { step, output }
+                if scope.for_each.is_some() && step.starts_with(&scope.prefix) =>
+            {
+                Ok(Src::Ref(Ref::ThisIteration { step, output }))
+            }
+            r => Ok(Src::Ref(r)),
         }
-        Ok(Src::Ref(r))
     }
 
     fn container_step(&mut self, ctx: &StepCtx<'_>, container: &Value) -> Res<Step> {
@@ -1697,6 +1680,8 @@ mod tests {
             "placeholders",
             "options",
             "input-artifacts",
+            "one-of",
+            "loops-from-outputs",
         ] {
             let p = imported(name).pipeline;
             let json = serde_json::to_value(&p).unwrap();
@@ -1759,24 +1744,48 @@ mod tests {
     }
 
     #[test]
-    fn nested_loops_become_one_loop_over_every_pair() {
+    fn nested_loops_become_one_loop_over_every_combination() {
+        use serde_json::json;
         let p = imported("nested-loops").pipeline;
-        let items = |step: &str| match &p.steps[step].for_each.as_ref().unwrap().items {
-            ForEachItems::Literal(items) => items.clone(),
-            ForEachItems::Ref(t) => panic!("{step}: {}", t.source()),
+        let levels = |step: &str| match &p.steps[step].for_each.as_ref().unwrap().items {
+            ForEachItems::Product(levels) => levels.clone(),
+            other => panic!("{step}: {other:?}"),
         };
-        let pairs = items("for-loop-2/for-loop-4/add");
-        assert_eq!(pairs.len(), 6);
+        let add = levels("for-loop-2/for-loop-4/add");
+        assert_eq!(add.len(), 2);
+        assert_eq!(add[0].key, "pipelinechannel--loop-item-param-1");
         assert_eq!(
-            pairs[1],
-            serde_json::json!({"pipelinechannel--loop-item-param-1": 1, "pipelinechannel--loop-item-param-3": 20})
+            add[0].items,
+            ForEachItems::Literal(vec![json!(1), json!(2)])
         );
+        assert_eq!(add[1].key, "pipelinechannel--loop-item-param-3");
         assert_eq!(
             p.steps["for-loop-2/for-loop-4/add"].inputs.parameters["a"].source(),
             "{{ item.pipelinechannel--loop-item-param-1 }}"
         );
         // The inner items are a field of the outer item.
-        assert_eq!(items("for-loop-6/for-loop-7/say").len(), 2);
+        let say = levels("for-loop-6/for-loop-7/say");
+        let ForEachItems::Ref(t) = &say[1].items else {
+            panic!("{say:?}")
+        };
+        assert_eq!(
+            t.source(),
+            "{{ item.pipelinechannel--loop-item-param-5.tags }}"
+        );
+    }
+
+    #[test]
+    fn one_of_outputs_become_one_of_references() {
+        let p = imported("one-of").pipeline;
+        let src = p.steps["say-4"].inputs.parameters["msg"]
+            .source()
+            .to_string();
+        assert_eq!(
+            src,
+            "{{ one_of(steps.condition-branches-1/condition-2/say.outputs.Output, \
+             steps.condition-branches-1/condition-3/say-2.outputs.Output, \
+             steps.condition-branches-1/condition-4/say-3.outputs.Output) }}"
+        );
     }
 
     #[test]
@@ -1806,6 +1815,24 @@ mod tests {
         assert_eq!(
             p.steps["read-text"].inputs.artifacts["data"].source(),
             "{{ steps.inputs/data.outputs.artifact }}"
+        );
+    }
+
+    #[test]
+    fn a_platforms_document_is_kept_as_metadata() {
+        let text = format!(
+            "{}---\nplatforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-add:\n          nodeSelector:\n            labels: {{pool: gpu}}\n",
+            example("chain")
+        );
+        assert!(is_kfp_ir(&text));
+        let p = import(&text, "chain.yaml", ImportOptions::default())
+            .unwrap_or_else(|d| panic!("{d}"))
+            .pipeline;
+        assert_eq!(p.steps.len(), 3);
+        assert_eq!(
+            p.metadata["kfp"]["platforms"][0]["kubernetes"]["deploymentSpec"]["executors"]["exec-add"]
+                ["nodeSelector"]["labels"]["pool"],
+            "gpu"
         );
     }
 

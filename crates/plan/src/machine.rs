@@ -10,7 +10,9 @@
 //! - A main node becomes ready when every upstream node is done. If an upstream node failed or
 //!   was cancelled, it does not run (it is recorded `skipped` with the reason). If a node whose
 //!   *outputs* it uses was skipped, it is skipped too; an `after`-only dependency on a skipped
-//!   node does not block it.
+//!   node does not block it. A `one_of(...)` reference waits for all of its steps and blocks
+//!   only when none of them succeeded; a `this_iteration(...)` iteration is skipped when the
+//!   same iteration of its producer did not succeed.
 //! - `when` is evaluated per task (so it may use `item`); false means `skipped`.
 //! - At most `parallelism` tasks run at once, and at most `for_each.parallelism` per node.
 //! - When every main node is done, the exit handlers (`finally`) run, seeing `run.status`.
@@ -168,6 +170,8 @@ struct Node {
     upstream: Vec<usize>,
     /// Nodes whose outputs this one uses.
     data_upstream: Vec<usize>,
+    /// Groups of nodes of which one must have succeeded (`one_of` references).
+    one_of_upstream: Vec<Vec<usize>>,
     downstream: Vec<usize>,
     remaining: usize,
     state: NodeState,
@@ -250,6 +254,7 @@ impl Machine {
                 finally: pipeline.is_finally(&step.name),
                 upstream: Vec::new(),
                 data_upstream: Vec::new(),
+                one_of_upstream: Vec::new(),
                 downstream: Vec::new(),
                 remaining: 0,
                 state: NodeState::Waiting,
@@ -283,6 +288,16 @@ impl Machine {
                 .data_upstream()
                 .iter()
                 .filter_map(|s| node_index.get(*s).copied())
+                .collect();
+            nodes[i].one_of_upstream = step
+                .one_of_upstream()
+                .iter()
+                .map(|group| {
+                    group
+                        .iter()
+                        .filter_map(|s| node_index.get(*s).copied())
+                        .collect()
+                })
                 .collect();
             nodes[i].remaining = nodes[i].upstream.len();
         }
@@ -536,6 +551,30 @@ impl Machine {
                 .map(Binding::Value)
                 .ok_or_else(|| format!("unknown param `{name}`")),
             Ref::StepOutput { step, output } => self.step_output(step, output),
+            Ref::ThisIteration { step, output } => {
+                let up = self.iteration_of(task, step)?;
+                let missing = || format!("step `{}` did not record output `{output}`", up.name);
+                match (
+                    up.outputs.parameters.get(output),
+                    up.outputs.artifacts.get(output),
+                ) {
+                    (Some(v), _) => Ok(Binding::Value(v.clone())),
+                    (None, Some(a)) => Ok(Binding::Artifact(a.clone())),
+                    (None, None) => Err(missing()),
+                }
+            }
+            Ref::OneOf(alts) => {
+                let chosen = alts.iter().find(|a| match a {
+                    Ref::StepOutput { step, .. } => self.node_index.get(step).is_some_and(|&n| {
+                        self.nodes[n].state == NodeState::Done(NodeDone::Succeeded)
+                    }),
+                    _ => false,
+                });
+                match chosen {
+                    Some(r) => self.binding(task, r),
+                    None => Err(format!("none of the steps of `{r}` succeeded")),
+                }
+            }
             Ref::Output(name) => Ok(Binding::OutputPath(name.clone())),
             Ref::Input(name) => {
                 let step = self.step_of(t.node);
@@ -598,6 +637,24 @@ impl Machine {
                 return Err(format!("`outputs.{name}` cannot be used in a condition"));
             }
         })
+    }
+
+    /// The iteration of `step` with the same index as `task`, when it succeeded.
+    fn iteration_of(&self, task: TaskId, step: &str) -> Result<&Task, String> {
+        let index = self.tasks[task]
+            .index
+            .ok_or("`this_iteration` is only defined in a for_each step")?;
+        let name = format!("{step}[{index}]");
+        let up = self
+            .task_index
+            .get(&name)
+            .map(|&id| &self.tasks[id])
+            .ok_or_else(|| format!("step `{step}` has no iteration {index}"))?;
+        if matches!(up.state, TaskState::Succeeded | TaskState::Cached) {
+            Ok(up)
+        } else {
+            Err(format!("`{name}` did not succeed"))
+        }
     }
 
     fn step_output(&self, step: &str, output: &str) -> Result<Binding, String> {
@@ -703,25 +760,7 @@ impl Machine {
             self.decide(id, &step);
             return;
         };
-        let items = match &for_each.items {
-            ForEachItems::Literal(xs) => Ok(xs.clone()),
-            ForEachItems::Ref(t) => {
-                // Evaluated before any iteration exists, so `item` is not available here.
-                let probe = self.add_task(n, None, None);
-                let v = t.evaluate(|r| self.value(probe, r));
-                self.discard_probe(probe);
-                match v {
-                    Ok(Value::Array(xs)) => Ok(xs),
-                    Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                        Ok(Value::Array(xs)) => Ok(xs),
-                        _ => Err(format!("for_each expects a list, got `{s}`")),
-                    },
-                    Ok(other) => Err(format!("for_each expects a list, got `{other}`")),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match items {
+        match self.items(n, &for_each.items, None) {
             Err(message) => {
                 let id = self.add_task(n, None, None);
                 self.push_never_run(id, Action::Fail { task: id, message });
@@ -732,6 +771,53 @@ impl Machine {
                     let id = self.add_task(n, Some(i), Some(item));
                     self.decide(id, &step);
                 }
+            }
+        }
+    }
+
+    /// The items of a `for_each`. A template is evaluated before any iteration exists, so
+    /// `item` is what `outer` says: nothing for a plain loop, the combination of the outer
+    /// levels' items for a level of nested loops.
+    fn items(
+        &mut self,
+        n: usize,
+        items: &ForEachItems,
+        outer: Option<Value>,
+    ) -> Result<Vec<Value>, String> {
+        match items {
+            ForEachItems::Literal(xs) => Ok(xs.clone()),
+            ForEachItems::Ref(t) => {
+                let probe = self.add_task(n, None, outer);
+                let v = t.evaluate(|r| self.value(probe, r));
+                self.discard_probe(probe);
+                match v? {
+                    Value::Array(xs) => Ok(xs),
+                    Value::String(s) => match serde_json::from_str::<Value>(&s) {
+                        Ok(Value::Array(xs)) => Ok(xs),
+                        _ => Err(format!("for_each expects a list, got `{s}`")),
+                    },
+                    other => Err(format!("for_each expects a list, got `{other}`")),
+                }
+            }
+            ForEachItems::Product(levels) => {
+                let mut combos = vec![Value::Object(Default::default())];
+                for level in levels {
+                    let mut next = Vec::new();
+                    for combo in combos {
+                        let xs = self
+                            .items(n, &level.items, Some(combo.clone()))
+                            .map_err(|e| format!("loop `{}`: {e}", level.key))?;
+                        for x in xs {
+                            let mut c = combo.clone();
+                            if let Value::Object(m) = &mut c {
+                                m.insert(level.key.clone(), x);
+                            }
+                            next.push(c);
+                        }
+                    }
+                    combos = next;
+                }
+                Ok(combos)
             }
         }
     }
@@ -772,11 +858,37 @@ impl Machine {
                 ));
             }
         }
+        for group in &node.one_of_upstream {
+            let succeeded = group
+                .iter()
+                .any(|&u| self.nodes[u].state == NodeState::Done(NodeDone::Succeeded));
+            if !succeeded {
+                let names: Vec<String> = group
+                    .iter()
+                    .map(|&u| format!("`{}`", self.nodes[u].name))
+                    .collect();
+                return Some(format!(
+                    "not run: it uses the output of one of the steps {}, and none succeeded",
+                    names.join(", ")
+                ));
+            }
+        }
         None
     }
 
     /// Evaluates a new task's condition and queues it, or skips it.
     fn decide(&mut self, id: TaskId, step: &Step) {
+        // An iteration that uses the same iteration of another loop step runs only if that one
+        // succeeded (it may have been skipped by its own condition).
+        for r in step.refs() {
+            if let Ref::ThisIteration { step: up, .. } = r
+                && let Err(e) = self.iteration_of(id, up)
+            {
+                let reason = format!("not run: {e}");
+                self.push_never_run(id, Action::Skip { task: id, reason });
+                return;
+            }
+        }
         if let Some(when) = &step.when {
             match when.eval(|r| self.value(id, r)) {
                 Ok(true) => {}

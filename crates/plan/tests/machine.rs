@@ -144,6 +144,15 @@ impl Sim {
     }
 }
 
+/// Argument `i` of task `task`'s command, rendered with what the machine resolves.
+fn argument(m: &Machine, task: &str, i: usize) -> String {
+    let id = m.task_id(task).unwrap();
+    let capstan_spec::Command::Argv(argv) = &m.task(id).step.run else {
+        panic!("{task} has no argv")
+    };
+    argv[i].render(|r| m.value(id, r)).unwrap()
+}
+
 fn sim(yaml: &str, parallelism: usize) -> Sim {
     let p = pipeline(yaml);
     let params = params(&p);
@@ -226,13 +235,7 @@ fn fan_out_expands_and_fans_in_in_order() {
     });
     assert_eq!(outcome, Outcome::Succeeded);
     assert_eq!(s.max_running, 2, "for_each parallelism is honoured");
-    let pick = s.machine.task_id("pick").unwrap();
-    let step = s.machine.task(pick).step.clone();
-    let capstan_spec::Command::Argv(argv) = &step.run else {
-        panic!()
-    };
-    let rendered = argv[1].render(|r| s.machine.value(pick, r)).unwrap();
-    assert_eq!(rendered, "[0.5,0.9,0.7,0.6]");
+    assert_eq!(argument(&s.machine, "pick", 1), "[0.5,0.9,0.7,0.6]");
     let t1 = s.machine.task_id("train[1]").unwrap();
     assert_eq!(s.machine.task(t1).item, Some(&json!(0.2)));
 }
@@ -340,6 +343,108 @@ fn true_condition_runs_the_step() {
             "finish succeeded"
         ]
     );
+}
+
+const ONE_OF: &str = r#"
+name: one-of
+params:
+  heads: {type: bool, default: true}
+steps:
+  yes: {when: "{{ params.heads }}", run: [y], outputs: {parameters: {msg: string}}}
+  no: {when: "!{{ params.heads }}", run: [n], outputs: {parameters: {said: string}}}
+  say: {run: [s, "{{ one_of(steps.yes.outputs.msg, steps.no.outputs.said) }}"]}
+"#;
+
+/// `one_of` takes the output of whichever branch ran; it is skipped only when none did.
+#[test]
+fn one_of_takes_the_output_of_the_branch_that_ran() {
+    for (heads, ran, skipped, want) in [(true, "yes", "no", "won"), (false, "no", "yes", "lost")] {
+        let p = pipeline(ONE_OF);
+        let params = capstan_spec::bind_params(&p, &[("heads".into(), heads.to_string())]).unwrap();
+        let mut s = Sim::new(Machine::new(p, params, "run1", 4));
+        let outcome = s.run(|name, _| match name {
+            "yes" => TaskResult::Succeeded {
+                outputs: outputs(&[("msg", json!("won"))]),
+                cached: false,
+            },
+            "no" => TaskResult::Succeeded {
+                outputs: outputs(&[("said", json!("lost"))]),
+                cached: false,
+            },
+            _ => ok(),
+        });
+        assert_eq!(outcome, Outcome::Succeeded);
+        assert!(
+            s.trace.contains(&format!("launch {ran}#1")),
+            "{:?}",
+            s.trace
+        );
+        assert!(
+            s.trace
+                .iter()
+                .any(|t| t.starts_with(&format!("skip {skipped}:"))),
+            "{:?}",
+            s.trace
+        );
+        assert_eq!(argument(&s.machine, "say", 1), want);
+    }
+
+    // Neither branch succeeded: the consumer is skipped, naming the steps.
+    let yaml = ONE_OF.replace("!{{ params.heads }}", "{{ params.heads }} && false");
+    let p = pipeline(&yaml);
+    let params = capstan_spec::bind_params(&p, &[("heads".into(), "false".into())]).unwrap();
+    let mut s = Sim::new(Machine::new(p, params, "run1", 4));
+    assert_eq!(s.run(|_, _| ok()), Outcome::Succeeded);
+    assert_eq!(s.trace.last().map(String::as_str), Some("finish succeeded"));
+    assert!(
+        s.trace.contains(
+            &"skip say: not run: it uses the output of one of the steps `yes`, `no`, and none succeeded"
+                .to_string()
+        ),
+        "{:?}",
+        s.trace
+    );
+}
+
+const BODY: &str = r#"
+name: body
+steps:
+  a:
+    for_each: [1, 2, 3]
+    when: "{{ item }} != 2"
+    run: [a, "{{ item }}"]
+    outputs: {parameters: {x: int}}
+  b:
+    for_each: [1, 2, 3]
+    run: [b, "{{ this_iteration(steps.a.outputs.x) }}"]
+"#;
+
+/// A loop body's steps pass data iteration by iteration; an iteration whose producer was
+/// skipped is skipped too.
+#[test]
+fn this_iteration_takes_the_output_of_the_same_iteration() {
+    let mut s = sim(BODY, 4);
+    let outcome = s.run(|name, _| match name {
+        "a[0]" => TaskResult::Succeeded {
+            outputs: outputs(&[("x", json!(10))]),
+            cached: false,
+        },
+        "a[2]" => TaskResult::Succeeded {
+            outputs: outputs(&[("x", json!(30))]),
+            cached: false,
+        },
+        _ => ok(),
+    });
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(
+        s.trace
+            .contains(&"skip b[1]: not run: `a[1]` did not succeed".to_string()),
+        "{:?}",
+        s.trace
+    );
+    for (task, want) in [("b[0]", "10"), ("b[2]", "30")] {
+        assert_eq!(argument(&s.machine, task, 1), want);
+    }
 }
 
 const FAILING: &str = r#"

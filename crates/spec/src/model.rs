@@ -223,6 +223,39 @@ pub struct ForEach {
 pub enum ForEachItems {
     Literal(Vec<Value>),
     Ref(Template),
+    /// Loops inside loops, run as one loop over every combination of their items. Each item is
+    /// an object with one field per level (`item.KEY`). A level's items are found for each
+    /// combination of the outer levels' items, so a level's template may use the fields of
+    /// outer levels (`{{ item.row.tags }}`) as well as params and upstream outputs.
+    Product(Vec<ForEachLevel>),
+}
+
+/// One loop of a [`ForEachItems::Product`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForEachLevel {
+    /// The field of the combined item that holds this level's item.
+    pub key: String,
+    /// A literal list or a template; never another product.
+    pub items: ForEachItems,
+}
+
+impl ForEach {
+    /// The templates that give the items (none for a literal list). They are evaluated when the
+    /// step expands, not for each iteration.
+    pub fn sources(&self) -> Vec<&Template> {
+        fn walk<'a>(items: &'a ForEachItems, out: &mut Vec<&'a Template>) {
+            match items {
+                ForEachItems::Literal(_) => {}
+                ForEachItems::Ref(t) => out.push(t),
+                ForEachItems::Product(levels) => {
+                    levels.iter().for_each(|l| walk(&l.items, out));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.items, &mut out);
+        out
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -330,12 +363,8 @@ impl Step {
         out.extend(self.workdir.iter());
         out.extend(self.inputs.parameters.values());
         out.extend(self.inputs.artifacts.values());
-        if let Some(ForEach {
-            items: ForEachItems::Ref(t),
-            ..
-        }) = &self.for_each
-        {
-            out.push(t);
+        if let Some(fe) = &self.for_each {
+            out.extend(fe.sources());
         }
         out
     }
@@ -358,11 +387,28 @@ impl Step {
         let mut out: std::collections::BTreeSet<&str> =
             self.after.iter().map(String::as_str).collect();
         for r in self.refs() {
-            if let crate::template::Ref::StepOutput { step, .. } = r {
-                out.insert(step.as_str());
+            match r {
+                crate::template::Ref::StepOutput { step, .. }
+                | crate::template::Ref::ThisIteration { step, .. } => {
+                    out.insert(step.as_str());
+                }
+                crate::template::Ref::OneOf(alts) => out.extend(one_of_steps(alts)),
+                _ => {}
             }
         }
         out
+    }
+
+    /// The step lists of the step's `one_of(...)` references: it needs one step of each list to
+    /// have succeeded (a subset of [`Step::upstream`]).
+    pub fn one_of_upstream(&self) -> Vec<Vec<&str>> {
+        self.refs()
+            .into_iter()
+            .filter_map(|r| match r {
+                crate::template::Ref::OneOf(alts) => Some(one_of_steps(alts).collect()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The steps whose *outputs* this step uses (a subset of [`Step::upstream`]). When one of
@@ -371,9 +417,17 @@ impl Step {
         self.refs()
             .into_iter()
             .filter_map(|r| match r {
-                crate::template::Ref::StepOutput { step, .. } => Some(step.as_str()),
+                crate::template::Ref::StepOutput { step, .. }
+                | crate::template::Ref::ThisIteration { step, .. } => Some(step.as_str()),
                 _ => None,
             })
             .collect()
     }
+}
+
+fn one_of_steps(alts: &[crate::template::Ref]) -> impl Iterator<Item = &str> {
+    alts.iter().filter_map(|a| match a {
+        crate::template::Ref::StepOutput { step, .. } => Some(step.as_str()),
+        _ => None,
+    })
 }

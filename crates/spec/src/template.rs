@@ -34,6 +34,15 @@ pub enum Ref {
     Run(String),
     /// `task.name`, `task.attempt`, `task.index`.
     Task(String),
+    /// `one_of(steps.A.outputs.X, steps.B.outputs.Y, ...)`: the output of the first of these
+    /// steps that succeeded, for steps of which only one runs (the branches of a condition). The
+    /// step waits for all of them and is skipped only when none succeeded. Each alternative is a
+    /// [`Ref::StepOutput`].
+    OneOf(Vec<Ref>),
+    /// `this_iteration(steps.A.outputs.X)`: in a `for_each` step, the output of the iteration of
+    /// step `A` (a `for_each` step over the same items) with the same index, rather than the list
+    /// of every iteration's. The body of a loop passes data this way.
+    ThisIteration { step: String, output: String },
 }
 
 impl fmt::Display for Ref {
@@ -47,6 +56,19 @@ impl fmt::Display for Ref {
             Ref::Item(path) => write!(f, "item.{}", path.join(".")),
             Ref::Run(n) => write!(f, "run.{n}"),
             Ref::Task(n) => write!(f, "task.{n}"),
+            Ref::OneOf(alts) => {
+                f.write_str("one_of(")?;
+                for (i, r) in alts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{r}")?;
+                }
+                f.write_str(")")
+            }
+            Ref::ThisIteration { step, output } => {
+                write!(f, "this_iteration(steps.{step}.outputs.{output})")
+            }
         }
     }
 }
@@ -337,6 +359,37 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
     if inner.is_empty() {
         return Err("empty placeholder `{{ }}`".to_string());
     }
+    if let Some(list) = inner
+        .strip_prefix("one_of(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let alts = list
+            .split(',')
+            .map(|a| match parse_ref(a.trim())? {
+                r @ Ref::StepOutput { .. } => Ok(r),
+                _ => Err(format!(
+                    "invalid reference `{inner}`: every choice of one_of is a `steps.STEP.outputs.NAME`"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if alts.len() < 2 {
+            return Err(format!(
+                "invalid reference `{inner}`: one_of needs at least two choices"
+            ));
+        }
+        return Ok(Ref::OneOf(alts));
+    }
+    if let Some(one) = inner
+        .strip_prefix("this_iteration(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        return match parse_ref(one.trim())? {
+            Ref::StepOutput { step, output } => Ok(Ref::ThisIteration { step, output }),
+            _ => Err(format!(
+                "invalid reference `{inner}`: this_iteration takes a `steps.STEP.outputs.NAME`"
+            )),
+        };
+    }
     let segs: Vec<&str> = inner.split('.').map(str::trim).collect();
     // A step name may have `/`-separated parts (the flattened sub-DAGs of an imported pipeline).
     let is_step = |i: usize| i == 1 && segs[0] == "steps";
@@ -377,7 +430,7 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         )),
         _ => Err(format!(
             "unknown reference `{inner}`: expected params.NAME, steps.STEP.outputs.NAME, \
-             outputs.NAME, inputs.NAME, item, run.FIELD or task.FIELD"
+             one_of(steps...), this_iteration(steps...), outputs.NAME, inputs.NAME, item, run.FIELD or task.FIELD"
         )),
     }
 }

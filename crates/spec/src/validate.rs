@@ -164,22 +164,41 @@ impl<'a> Validator<'a> {
             }
         }
 
-        let items = match &step.for_each {
+        let (items, levels) = match &step.for_each {
             Some(fe) => match &fe.items {
-                ForEachItems::Ref(t) => Some(t),
-                ForEachItems::Literal(_) => None,
+                ForEachItems::Ref(t) => (Some(t), Vec::new()),
+                ForEachItems::Literal(_) => (None, Vec::new()),
+                ForEachItems::Product(_) => (None, fe.sources()),
             },
-            None => None,
+            None => (None, Vec::new()),
         };
-        // `Step::templates` includes the items template; it is checked below with its own rules.
+        if let Some(ForEachItems::Product(levels)) = step.for_each.as_ref().map(|f| &f.items)
+            && levels
+                .iter()
+                .any(|l| matches!(l.items, ForEachItems::Product(_)))
+        {
+            self.error(
+                step.pos,
+                Some(step),
+                "a level of nested `for_each` loops cannot itself be nested".to_string(),
+            );
+        }
+        // `Step::templates` includes the items templates; they are checked below with their own
+        // rules. A nested loop's levels may use the fields of outer levels' items.
         for t in step.templates() {
-            if items.is_some_and(|i| std::ptr::eq(i, t)) {
+            if items.is_some_and(|i| std::ptr::eq(i, t))
+                || levels.iter().any(|l| std::ptr::eq(*l, t))
+            {
                 continue;
             }
             self.template_refs(step, in_finally, t, Place::Template);
         }
         if let Some(t) = items {
             self.template_refs(step, in_finally, t, Place::Items);
+            self.for_each_source(step, t);
+        }
+        for t in levels {
+            self.template_refs(step, in_finally, t, Place::Template);
             self.for_each_source(step, t);
         }
         if let Some(when) = &step.when {
@@ -239,6 +258,29 @@ impl<'a> Validator<'a> {
 
     fn reference(&mut self, step: &Step, in_finally: bool, r: &Ref, pos: Pos, place: Place) {
         let message = match r {
+            Ref::OneOf(alts) => {
+                for alt in alts {
+                    self.reference(step, in_finally, alt, pos, place);
+                }
+                None
+            }
+            Ref::ThisIteration { step: up, output } => {
+                let plain = Ref::StepOutput {
+                    step: up.clone(),
+                    output: output.clone(),
+                };
+                self.reference(step, in_finally, &plain, pos, place);
+                match self.p.step(up) {
+                    Some(upstream)
+                        if step.for_each.is_none() || upstream.for_each != step.for_each =>
+                    {
+                        Some(format!(
+                            "`{r}` needs this step and step `{up}` to loop over the same items"
+                        ))
+                    }
+                    _ => None,
+                }
+            }
             Ref::Param(name) if !self.p.params.contains_key(name) => {
                 Some(if self.p.params.is_empty() {
                     format!("unknown param `{name}` in `{r}`: the pipeline declares no params")
@@ -369,6 +411,23 @@ impl<'a> Validator<'a> {
             Ref::Task(field) if field == "attempt" || field == "index" => Some(ParamType::Int),
             Ref::Run(_) | Ref::Task(_) | Ref::Output(_) => Some(ParamType::String),
             Ref::Input(_) | Ref::Item(_) => None,
+            Ref::ThisIteration { step, output } => {
+                let upstream = self.p.step(step)?;
+                match upstream.outputs.parameters.get(output) {
+                    Some(ty) => Some(*ty),
+                    None => upstream
+                        .outputs
+                        .artifacts
+                        .get(output)
+                        .map(|_| ParamType::String),
+                }
+            }
+            Ref::OneOf(alts) => {
+                let first = self.ref_type(alts.first()?)?;
+                alts.iter()
+                    .all(|a| self.ref_type(a) == Some(first))
+                    .then_some(first)
+            }
         }
     }
 
