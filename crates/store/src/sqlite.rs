@@ -130,6 +130,13 @@ impl SqliteStore {
             );
             pool
         };
+        // Processes that open a new workspace at once (several `capstan run`s) would race to
+        // migrate it, and the loser of a race over an `ALTER TABLE` fails. A lock on a file
+        // beside the database serialises them; it is released when `_migrating` drops.
+        let _migrating = match lock_path(path) {
+            Some(lock) => Some(lock_migrations(lock).await?),
+            None => None,
+        };
         let mut attempt = 1;
         loop {
             match MIGRATOR.run(&pool).await {
@@ -155,6 +162,27 @@ impl SqliteStore {
             .await
             .ctx("starting a transaction")
     }
+}
+
+/// The file whose lock serialises migrations of the database at `path`; none in memory.
+fn lock_path(path: &str) -> Option<std::path::PathBuf> {
+    (!matches!(path, ":memory:" | "sqlite::memory:")).then(|| format!("{path}.migrate-lock").into())
+}
+
+/// Waits for, then holds, the exclusive lock on `lock` (created if missing).
+async fn lock_migrations(lock: std::path::PathBuf) -> crate::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| crate::StoreError::Backend(format!("cannot lock the store for migration: {e}")))?
+    .map_err(|e| crate::StoreError::Backend(format!("cannot lock the store for migration: {e}")))
 }
 
 store_impl!(SqliteStore, SqliteConnection, "sqlite");
