@@ -28,9 +28,7 @@ bin="$CARGO_TARGET_DIR/release/capstan"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-elapsed() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(now); echo "$e - $s" | bc -l; }
+source bench/lib.sh
 
 {
   echo "name: chain"
@@ -51,13 +49,6 @@ podman_loop() {
   for _ in $(seq 1 "$steps"); do podman --url "$host" run --rm --network none "$image" true; done
 }
 
-declare -A med
-measure() { # NAME COMMAND...
-  local name=$1; shift
-  local xs=()
-  for _ in $(seq 1 "$repeats"); do xs+=("$("$@")"); done
-  med[$name]=$(printf '%s\n' "${xs[@]}" | median)
-}
 measure container run_capstan container
 measure local run_capstan local
 measure anchor elapsed bash -c "host=$host image=$image steps=$steps; $(declare -f podman_loop); podman_loop"

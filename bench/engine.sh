@@ -19,9 +19,7 @@ bin="$CARGO_TARGET_DIR/release/capstan"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-elapsed() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(now); echo "$e - $s" | bc -l; }
+source bench/lib.sh
 
 # Pipelines.
 {
@@ -48,13 +46,6 @@ run_capstan() { # FILE PARALLELISM
 shell_chain() { for _ in $(seq 1 1000); do /bin/true; done; }
 shell_fanout() { seq 1 10000 | xargs -P 2 -n 1 /bin/true; }
 
-declare -A med
-measure() { # NAME COMMAND...
-  local name=$1; shift
-  local xs=()
-  for _ in $(seq 1 "$repeats"); do xs+=("$("$@")"); done
-  med[$name]=$(printf '%s\n' "${xs[@]}" | median)
-}
 measure chain_capstan run_capstan "$out/chain.yaml" 1
 measure chain_shell elapsed bash -c "$(declare -f shell_chain); shell_chain"
 measure fanout_capstan run_capstan "$out/fanout.yaml" 2

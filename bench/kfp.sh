@@ -22,9 +22,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 export CAPSTAN_KFP_ENV_DIR="${CAPSTAN_KFP_ENV_DIR:-$out/envs}"
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-elapsed() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(now); echo "$e - $s" | bc -l; }
+source bench/lib.sh
 
 python3 bench/kfp_pipelines.py compile "$out"
 # Warm-up: prepares the Python environment once.

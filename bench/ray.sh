@@ -24,9 +24,7 @@ bin="${CAPSTAN_BIN:-$CARGO_TARGET_DIR/release/capstan}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-elapsed() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(now); echo "$e - $s" | bc -l; }
+source bench/lib.sh
 
 {
   echo "name: chain"
@@ -44,7 +42,7 @@ elapsed() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2
   echo "  each: {for_each: \"{{ params.items }}\", run: [\"true\", \"{{ item }}\"]}"
 } > "$out/fanout.yaml"
 
-measure() { # executor pipeline parallelism -> median seconds
+run_median() { # executor pipeline parallelism -> median seconds
   local executor=$1 pipeline=$2 par=$3 i
   for i in $(seq 1 "$repeats"); do
     rm -rf "$out/ws"
@@ -55,10 +53,10 @@ measure() { # executor pipeline parallelism -> median seconds
 
 printf "%-8s %-7s %6s %10s %12s %10s\n" scenario exec steps "median s" "ms/step" "steps/s"
 for executor in local ray; do
-  t=$(measure "$executor" chain 1)
+  t=$(run_median "$executor" chain 1)
   printf "%-8s %-7s %6d %10.2f %12.1f %10.1f\n" chain "$executor" "$chain" "$t" \
     "$(echo "$t * 1000 / $chain" | bc -l)" "$(echo "$chain / $t" | bc -l)"
-  t=$(measure "$executor" fanout 8)
+  t=$(run_median "$executor" fanout 8)
   printf "%-8s %-7s %6d %10.2f %12.1f %10.1f\n" fanout "$executor" "$fanout" "$t" \
     "$(echo "$t * 1000 / $fanout" | bc -l)" "$(echo "$fanout / $t" | bc -l)"
 done
