@@ -11,6 +11,9 @@
 #    log-metric for 10 s over 32 connections (bench/tracking_wrk.lua); then counts the stored
 #    points against the answered requests.
 #    Also the client's own cost: the same client calls answered by recorded answers, no server.
+#    And the servers' own time, without the Python client: wrk with one connection repeats the
+#    history read, the filtered search and 1000-point log-batch calls against each server for 5 s
+#    each (bench/tracking_server.lua), on the data the client workload left behind.
 # 3. Scale: SCALE_RUNS runs (default 10,000) in one experiment, then search with a filter and an
 #    order, through the client.
 #
@@ -47,6 +50,20 @@ wait_healthy() { # URL PATH
   exit 1
 }
 
+# server_side URL CLIENT_JSON OUT: wrk's summary lines for the three requests against URL.
+server_side() {
+  local ids
+  ids="$("$python" -c 'import json,sys; i=json.load(open(sys.argv[1]))["ids"]; print(i["search_experiment"], i["history_run"], i["batch_run"])' "$2")"
+  read -r exp hist batch <<<"$ids"
+  : >"$3"
+  for mode in history search batch; do
+    local run="$hist"
+    [ "$mode" = batch ] && run="$batch"
+    MODE="$mode" RUN_ID="$run" EXPERIMENT_ID="$exp" \
+      wrk -t1 -c1 -d5s -s bench/tracking_server.lua "$1" | grep '^WRK ' >>"$3"
+  done
+}
+
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores" >&2
 
 # mlflow server: SQLite backend and artifacts in its own directory, its default workers.
@@ -59,6 +76,7 @@ pids+=($!)
 wait_healthy "http://127.0.0.1:$mport" /health
 echo "mlflow $("$venv/bin/mlflow" --version | awk '{print $NF}') on :$mport" >&2
 "$python" bench/tracking_client.py "http://127.0.0.1:$mport" --repeats "$repeats" >"$out/mlflow.json"
+server_side "http://127.0.0.1:$mport" "$out/mlflow.json" "$out/mlflow-wrk.txt"
 kill "${pids[0]}"
 wait "${pids[0]}" 2>/dev/null || true
 
@@ -69,6 +87,7 @@ curl_url="http://127.0.0.1:$cport"
 wait_healthy "$curl_url" /health
 echo "capstan $("$bin" --version | awk '{print $NF}') on :$cport" >&2
 "$python" bench/tracking_client.py "$curl_url" --repeats "$repeats" --scale "$scale" >"$out/capstan.json"
+server_side "$curl_url" "$out/capstan.json" "$out/capstan-wrk.txt"
 
 # Raw capacity: wrk against log-metric of one run.
 run_id="$(curl -fsS -X POST "$curl_url/api/2.0/mlflow/runs/create" -H 'Content-Type: application/json' \
@@ -96,9 +115,21 @@ EOF
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-"$python" - "$out/mlflow.json" "$out/capstan.json" "$out/wrk.txt" <<'EOF'
+"$python" - "$out/mlflow.json" "$out/capstan.json" "$out/wrk.txt" "$out/mlflow-wrk.txt" "$out/capstan-wrk.txt" <<'EOF'
 import json, re, sys
 m = json.load(open(sys.argv[1])); c = json.load(open(sys.argv[2])); w = open(sys.argv[3]).read()
+
+
+def server_side(path):
+    """mode -> wrk's figures for it."""
+    out = {}
+    for line in open(path):
+        fields = dict(re.findall(r"(\w+)=(\w+)", line))
+        out[fields["mode"]] = {k: int(v) for k, v in fields.items() if k != "mode"}
+    return out
+
+
+ms, cs = server_side(sys.argv[4]), server_side(sys.argv[5])
 rows = [
     ("single log_metric calls (calls/s)", "log_metric_calls_per_s", True, ">= 10x"),
     ("log_batch, 1000 metrics/call (metrics/s)", "log_batch_metrics_per_s", True, ">= 30x"),
@@ -130,6 +161,20 @@ print(f"|{'-'*32}|{'-'*12}|{'-'*12}|{'-'*9}|{'-'*20}|")
 for label, key, via, higher in client_rows:
     ratio = c[key] / m[key] if higher else m[key] / c[key]
     print(f"| {label:<30} | {m[key]:>10.1f} | {c[key]:>10.2f} | {ratio:>6.1f}x | {c[via]:>18.2f} |")
+print("\nthe servers' own time: wrk, one connection, 5 s per request kind (no Python client):")
+print(f"| {'request':<36} | {'mlflow':>12} | {'capstan':>12} | {'ratio':>7} | target |")
+print(f"|{'-'*38}|{'-'*14}|{'-'*14}|{'-'*9}|--------|")
+for label, mode, target in [
+    ("get-history, 300 points, p50 (ms)", "history", "<= 2 ms"),
+    ("search-runs filtered, p50 (ms)", "search", "<= 2 ms"),
+]:
+    a, b = ms[mode]["p50_us"] / 1000, cs[mode]["p50_us"] / 1000
+    print(f"| {label:<36} | {a:>12.2f} | {b:>12.2f} | {a / b:>6.1f}x | {target} |")
+rate = lambda f: 1000 * f["requests"] / (f["duration_us"] / 1e6)
+a, b = rate(ms["batch"]), rate(cs["batch"])
+print(f"| {'log-batch, 1000 points (metrics/s)':<36} | {a:>12,.0f} | {b:>12,.0f} | {b / a:>6.1f}x | >= 30x |")
+errors = sum(f["non200"] for f in list(ms.values()) + list(cs.values()))
+print(f"({errors} errors over all of them)")
 f = dict(re.findall(r"(\w+)=(\d+)", w.split("WRK", 1)[1]))
 secs = int(f["duration_us"]) / 1e6
 errors = sum(int(f[k]) for k in ("non200", "connect", "read", "write", "timeout"))
@@ -141,4 +186,5 @@ if "scale_runs" in c:
           f"search_runs with a filter and an order: {c['scale_search_ms']:.2f} ms through the client, "
           f"{c['http_scale_search_ms']:.2f} ms as a bare request (target < 50 ms)")
 print("\nraw JSON:\nmlflow " + json.dumps(m) + "\ncapstan " + json.dumps(c))
+print("mlflow server side " + json.dumps(ms) + "\ncapstan server side " + json.dumps(cs))
 EOF

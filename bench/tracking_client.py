@@ -15,6 +15,8 @@ Rates are medians over REPEATS rounds; latencies are medians over all calls of a
 - client_*:         the client's own cost: the same client calls with the HTTP exchange
                     replaced by the server's recorded answer (no network, no server). No server
                     can make a call through the client faster than this.
+- ids:              the experiment searched, the run whose history is read and a run for
+                    batches, for the server-side measurements of bench/tracking_server.lua.
 - scale (optional): RUNS runs in one experiment, then `search_runs` with a filter and an order
                     (ms), measured through the client, plus how long loading the runs took.
 """
@@ -239,6 +241,7 @@ def measure(args):
     out["client_search_runs_ms"] = alone["search"]
     out["client_metric_history_ms"] = alone["history"]
     out["client_log_batch_metrics_per_s"] = 1000 * 1000 / alone["batch"]
+    out["ids"] = {"search_experiment": search_exp, "history_run": hist_run, "batch_run": batch_run}
 
     if args.scale:
         scale_exp = client.create_experiment("bench-scale-" + uuid.uuid4().hex[:8])

@@ -52,6 +52,7 @@ macro_rules! store_test_suite {
             task_finished_validates_its_input,
             run_contexts_are_shared_per_pipeline,
             tracking_runs_log_idempotently_and_search_in_sql,
+            metric_values_and_texts_read_back_exactly,
             metric_samples_keep_each_buckets_ends_and_extremes,
             logged_models_finalize_tag_and_search_by_name,
             run_inputs_hold_datasets_and_logged_models,
@@ -1190,6 +1191,108 @@ pub async fn run_contexts_are_shared_per_pipeline(store: DynStore) {
     assert_eq!(a[0], b[0], "runs of one pipeline share its context");
     assert_ne!(a[1].id, b[1].id);
     assert_eq!(b[1].name, second);
+}
+
+/// Histories and run data come back packed in one JSON row per read (`json_rows`): every
+/// value must survive that, the awkward doubles, NaN, the infinities and text that looks like
+/// JSON or SQL among them.
+pub async fn metric_values_and_texts_read_back_exactly(store: DynStore) {
+    use crate::{KeyValue, Metric};
+    let tracking = store.tracking();
+    let run = run_id("f", 1);
+    new_tracking_run(&tracking, 0, &run, "exact", 1).await;
+    let values = [
+        0.1,
+        0.1 + 0.2,
+        1.0 / 3.0,
+        -2.5e-10,
+        1e300,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        123_456_789.123_456_79,
+        -0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let points: Vec<Metric> = values
+        .iter()
+        .enumerate()
+        .map(|(step, &value)| Metric {
+            key: "v".to_owned(),
+            value,
+            timestamp: 1_700_000_000_000 + step as i64,
+            step: step as i64,
+        })
+        .collect();
+    // Each value is also the latest point of a metric of its own.
+    let latest: Vec<Metric> = points
+        .iter()
+        .map(|p| Metric {
+            key: format!("latest {}", p.step),
+            ..p.clone()
+        })
+        .collect();
+    let texts = [
+        KeyValue::new("quote", "it's \"quoted\" \\ [1, 2] {\"a\": null}"),
+        KeyValue::new("unicode", "naïve 🚀 \u{1} tab\there"),
+        KeyValue::new("sql", "'); DROP TABLE tracking_runs; --"),
+        KeyValue::new("empty", ""),
+    ];
+    tracking
+        .log_batch(
+            &run,
+            &[points.clone(), latest.clone()].concat(),
+            &texts,
+            &texts,
+        )
+        .await
+        .unwrap();
+    let same = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || a == b;
+
+    let history = tracking.metric_history(&run, "v", 1000, 0).await.unwrap();
+    assert_eq!(history.next_offset, None);
+    assert_eq!(history.items.len(), points.len());
+    for (got, want) in history.items.iter().zip(&points) {
+        assert!(same(got.value, want.value), "{got:?} for {want:?}");
+        if want.value != 0.0 {
+            assert_eq!(got.value.to_bits(), want.value.to_bits(), "{got:?}");
+        }
+        assert_eq!((got.step, got.timestamp), (want.step, want.timestamp));
+        assert_eq!(got.key, "v");
+    }
+    // Paging through the packed rows.
+    let second = tracking.metric_history(&run, "v", 5, 5).await.unwrap();
+    assert_eq!(second.next_offset, Some(10));
+    assert_eq!(
+        second.items.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [5, 6, 7, 8, 9]
+    );
+
+    let read = tracking.get_tracking_run(&run).await.unwrap().unwrap();
+    for want in &latest {
+        let got = read.metrics.iter().find(|m| m.key == want.key).unwrap();
+        assert!(same(got.value, want.value), "{got:?} for {want:?}");
+        assert_eq!((got.step, got.timestamp), (want.step, want.timestamp));
+    }
+    let mut sorted = texts.to_vec();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(read.params, sorted);
+    for kv in &sorted {
+        assert!(read.tags.contains(kv), "{kv:?} in {:?}", read.tags);
+    }
+    // An empty page of a run that exists, and of one that does not.
+    let none = tracking
+        .metric_history(&run, "missing", 10, 0)
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    let unknown = tracking.metric_history(&run_id("f", 2), "v", 10, 0).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
 }
 
 pub async fn tracking_runs_log_idempotently_and_search_in_sql(store: DynStore) {

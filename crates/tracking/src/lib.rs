@@ -27,6 +27,7 @@ use capstan_store::{
     NewTrackingRun, RunQuery, RunUpdate, now_millis,
 };
 use futures::TryStreamExt;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use error::{ApiError, ApiResult};
@@ -314,7 +315,7 @@ async fn create_run(State(t): St, req: Req) -> Reply {
     ok(json!({"run": wire::run(&created)}))
 }
 
-async fn get_run(State(t): St, req: Req) -> Reply {
+async fn get_run(State(t): St, req: Req) -> ApiResult<Response> {
     let id = run_id(&req)?;
     let run = t
         .store
@@ -324,9 +325,31 @@ async fn get_run(State(t): St, req: Req) -> Reply {
     let outputs = t.store.run_model_outputs(std::slice::from_ref(&id)).await?;
     // Like MLflow, only a single run's answer carries its model inputs.
     let model_inputs = t.store.run_model_inputs(&id).await?;
-    let mut body = models::with_outputs(wire::run(&run), &outputs);
-    body["inputs"]["model_inputs"] = models::model_inputs(&model_inputs);
-    ok(json!({"run": body}))
+    let body = wire::RunOut::new(&run)
+        .with_outputs(&outputs)
+        .with_model_inputs(&model_inputs);
+    wire::written(RunReply { run: body })
+}
+
+#[derive(Serialize)]
+struct RunReply<'a> {
+    run: wire::RunOut<'a>,
+}
+
+/// A page of runs and, when more follow, the next page's token.
+#[derive(Serialize)]
+struct RunsPage<'a> {
+    runs: Vec<wire::RunOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+/// A page of metric points and, when more follow, the next page's token.
+#[derive(Serialize)]
+struct MetricsPage<'a> {
+    metrics: Vec<wire::MetricOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
 }
 
 async fn update_run(State(t): St, req: Req) -> Reply {
@@ -358,7 +381,7 @@ async fn restore_run(State(t): St, req: Req) -> Reply {
     ok(json!({}))
 }
 
-async fn search_runs(State(t): St, req: Req) -> Reply {
+async fn search_runs(State(t): St, req: Req) -> ApiResult<Response> {
     let experiment_ids = req
         .strings("experiment_ids")?
         .iter()
@@ -383,23 +406,14 @@ async fn search_runs(State(t): St, req: Req) -> Reply {
     let page = t.store.search_tracking_runs(&query).await?;
     let ids: Vec<String> = page.items.iter().map(|r| r.info.run_id.clone()).collect();
     let outputs = t.store.run_model_outputs(&ids).await?;
-    let runs: Vec<Value> = page
-        .items
-        .iter()
-        .map(|run| {
-            let mine: Vec<_> = outputs
-                .iter()
-                .filter(|o| o.run_id == run.info.run_id)
-                .cloned()
-                .collect();
-            models::with_outputs(wire::run(run), &mine)
-        })
-        .collect();
-    let mut body = json!({"runs": runs});
-    if let Some(next) = page.next_offset {
-        body["next_page_token"] = Value::String(wire::encode_page_token(next));
-    }
-    ok(body)
+    wire::written(RunsPage {
+        runs: page
+            .items
+            .iter()
+            .map(|run| wire::RunOut::new(run).with_outputs(&outputs))
+            .collect(),
+        next_page_token: page.next_offset.map(wire::encode_page_token),
+    })
 }
 
 async fn log_metric(State(t): St, State(writer): State<writer::MetricWriter>, req: Req) -> Reply {
@@ -513,17 +527,16 @@ async fn log_outputs(State(t): St, req: Req) -> Reply {
     ok(json!({}))
 }
 
-async fn metric_history(State(t): St, req: Req) -> Reply {
+async fn metric_history(State(t): St, req: Req) -> ApiResult<Response> {
     let id = run_id(&req)?;
     let key = req.str("metric_key")?;
     let limit = req.page_size("max_results", DEFAULT_HISTORY_PAGE)?;
     let offset = wire::decode_page_token(req.opt_str("page_token").as_deref())?;
     let page = t.store.metric_history(&id, &key, limit, offset).await?;
-    let mut body = json!({"metrics": page.items.iter().map(wire::metric_json).collect::<Vec<_>>()});
-    if let Some(next) = page.next_offset {
-        body["next_page_token"] = Value::String(wire::encode_page_token(next));
-    }
-    ok(body)
+    wire::written(MetricsPage {
+        metrics: page.items.iter().map(wire::MetricOut::new).collect(),
+        next_page_token: page.next_offset.map(wire::encode_page_token),
+    })
 }
 
 async fn metric_history_bulk_interval(State(t): St, req: Req) -> Reply {

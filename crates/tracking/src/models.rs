@@ -6,7 +6,7 @@ use axum::routing::{get, patch, post};
 use capstan_store::{
     KeyValue, LoggedModel, LoggedModelQuery, MODEL_PENDING, MODEL_READY, MODEL_UPLOAD_FAILED,
     ModelOutput, ModelVersion, NewLoggedModel, NewModelVersion, RegisteredModel, RegistryQuery,
-    RunModelOutput, now_millis,
+    now_millis,
 };
 use serde_json::{Value, json};
 
@@ -171,21 +171,6 @@ pub fn registered_model(model: &RegisteredModel) -> Value {
             .map(|a| json!({"alias": a.alias, "version": a.version.to_string()}))
             .collect::<Vec<_>>(),
     })
-}
-
-/// Adds a run's `outputs.model_outputs` to its JSON.
-pub fn with_outputs(mut run: Value, outputs: &[RunModelOutput]) -> Value {
-    let models: Vec<Value> = outputs
-        .iter()
-        .map(|o| json!({"model_id": o.model_id, "step": o.step}))
-        .collect();
-    run["outputs"] = json!({"model_outputs": models});
-    run
-}
-
-/// A run's `inputs.model_inputs`.
-pub fn model_inputs(model_ids: &[String]) -> Value {
-    model_ids.iter().map(|id| json!({"model_id": id})).collect()
 }
 
 /// One `models` entry of a `log-inputs` request: the id of a logged model.

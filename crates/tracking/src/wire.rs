@@ -7,10 +7,12 @@
 
 use axum::extract::{FromRequest, Request};
 use axum::http::Method;
+use axum::response::{IntoResponse, Response};
 use capstan_store::{
-    Dataset, DatasetInput, Experiment, KeyValue, Metric, ModelMetric, RunInfo, TrackingRun,
-    ViewType,
+    Dataset, DatasetInput, Experiment, KeyValue, Metric, ModelMetric, RunInfo, RunModelOutput,
+    TrackingRun, ViewType,
 };
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::{ApiError, ApiResult};
@@ -20,6 +22,12 @@ pub type Reply = ApiResult<axum::Json<Value>>;
 /// A successful JSON reply.
 pub fn ok(body: Value) -> Reply {
     Ok(axum::Json(body))
+}
+
+/// A successful JSON reply written at once from a typed body (which may borrow the handler's
+/// data), without building a JSON tree first: the hot read paths answer this way.
+pub fn written(body: impl Serialize) -> ApiResult<Response> {
+    Ok(axum::Json(body).into_response())
 }
 
 /// The fields of a request, from its JSON body and its query string.
@@ -305,16 +313,28 @@ pub fn decode_page_token(token: Option<&str>) -> ApiResult<u64> {
     value.get("offset").and_then(Value::as_u64).ok_or_else(bad)
 }
 
-pub fn number(value: f64) -> Value {
+/// How protobuf JSON spells a non-finite double; `None` for a finite one.
+fn non_finite(value: f64) -> Option<&'static str> {
     if value.is_nan() {
-        json!("NaN")
+        Some("NaN")
     } else if value == f64::INFINITY {
-        json!("Infinity")
+        Some("Infinity")
     } else if value == f64::NEG_INFINITY {
-        json!("-Infinity")
+        Some("-Infinity")
     } else {
-        json!(value)
+        None
     }
+}
+
+fn write_number<S: Serializer>(value: &f64, out: S) -> Result<S::Ok, S::Error> {
+    match non_finite(*value) {
+        Some(text) => out.serialize_str(text),
+        None => out.serialize_f64(*value),
+    }
+}
+
+fn write_id<S: Serializer>(id: &i64, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_str(id)
 }
 
 fn pairs(items: &[KeyValue]) -> Vec<Value> {
@@ -344,60 +364,196 @@ pub fn experiment(experiment: &Experiment) -> Value {
     })
 }
 
+/// A metric point on the wire.
+#[derive(Serialize)]
+pub struct MetricOut<'a> {
+    key: &'a str,
+    #[serde(serialize_with = "write_number")]
+    value: f64,
+    timestamp: i64,
+    step: i64,
+}
+
+impl<'a> MetricOut<'a> {
+    pub fn new(metric: &'a Metric) -> MetricOut<'a> {
+        MetricOut {
+            key: &metric.key,
+            value: metric.value,
+            timestamp: metric.timestamp,
+            step: metric.step,
+        }
+    }
+}
+
 pub fn metric_json(metric: &Metric) -> Value {
-    json!({
-        "key": metric.key,
-        "value": number(metric.value),
-        "timestamp": metric.timestamp,
-        "step": metric.step,
-    })
+    tree(MetricOut::new(metric))
+}
+
+/// A run's info on the wire.
+#[derive(Serialize)]
+pub struct RunInfoOut<'a> {
+    run_id: &'a str,
+    run_uuid: &'a str,
+    run_name: &'a str,
+    #[serde(serialize_with = "write_id")]
+    experiment_id: i64,
+    user_id: &'a str,
+    status: &'a str,
+    start_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<i64>,
+    artifact_uri: &'a str,
+    lifecycle_stage: &'a str,
+}
+
+impl<'a> RunInfoOut<'a> {
+    pub fn new(info: &'a RunInfo) -> RunInfoOut<'a> {
+        RunInfoOut {
+            run_id: &info.run_id,
+            run_uuid: &info.run_id,
+            run_name: &info.name,
+            experiment_id: info.experiment_id,
+            user_id: &info.user_id,
+            status: &info.status,
+            start_time: info.start_time,
+            end_time: info.end_time,
+            artifact_uri: &info.artifact_uri,
+            lifecycle_stage: &info.lifecycle_stage,
+        }
+    }
 }
 
 pub fn run_info(info: &RunInfo) -> Value {
-    let mut value = json!({
-        "run_id": info.run_id,
-        "run_uuid": info.run_id,
-        "run_name": info.name,
-        "experiment_id": info.experiment_id.to_string(),
-        "user_id": info.user_id,
-        "status": info.status,
-        "start_time": info.start_time,
-        "artifact_uri": info.artifact_uri,
-        "lifecycle_stage": info.lifecycle_stage,
-    });
-    if let Some(end) = info.end_time {
-        value["end_time"] = json!(end);
+    tree(RunInfoOut::new(info))
+}
+
+/// A run on the wire: its info, data and dataset inputs; for `runs/get` and `runs/search` also
+/// its model outputs, and for `runs/get` alone its model inputs (as MLflow does). Search
+/// answers are written from it directly, without a JSON tree in between.
+#[derive(Serialize)]
+pub struct RunOut<'a> {
+    info: RunInfoOut<'a>,
+    data: RunDataOut<'a>,
+    inputs: RunInputsOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<RunOutputsOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct RunDataOut<'a> {
+    metrics: Vec<MetricOut<'a>>,
+    params: &'a [KeyValue],
+    tags: &'a [KeyValue],
+}
+
+#[derive(Serialize)]
+struct RunInputsOut<'a> {
+    dataset_inputs: Vec<DatasetInputOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_inputs: Option<Vec<ModelIdOut<'a>>>,
+}
+
+#[derive(Serialize)]
+struct DatasetInputOut<'a> {
+    tags: &'a [KeyValue],
+    dataset: DatasetOut<'a>,
+}
+
+#[derive(Serialize)]
+struct DatasetOut<'a> {
+    name: &'a str,
+    digest: &'a str,
+    source_type: &'a str,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ModelIdOut<'a> {
+    model_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct RunOutputsOut<'a> {
+    model_outputs: Vec<ModelOutputOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModelOutputOut<'a> {
+    model_id: &'a str,
+    step: i64,
+}
+
+impl<'a> RunOut<'a> {
+    pub fn new(run: &'a TrackingRun) -> RunOut<'a> {
+        RunOut {
+            info: RunInfoOut::new(&run.info),
+            data: RunDataOut {
+                metrics: run.metrics.iter().map(MetricOut::new).collect(),
+                params: &run.params,
+                tags: &run.tags,
+            },
+            inputs: RunInputsOut {
+                dataset_inputs: run
+                    .inputs
+                    .iter()
+                    .map(|input| {
+                        let d = &input.dataset;
+                        DatasetInputOut {
+                            tags: &input.tags,
+                            dataset: DatasetOut {
+                                name: &d.name,
+                                digest: &d.digest,
+                                source_type: &d.source_type,
+                                source: &d.source,
+                                schema: d.schema.as_deref(),
+                                profile: d.profile.as_deref(),
+                            },
+                        }
+                    })
+                    .collect(),
+                model_inputs: None,
+            },
+            outputs: None,
+        }
     }
-    value
+
+    /// Adds `outputs.model_outputs`: those of `outputs` that belong to this run.
+    pub fn with_outputs(mut self, outputs: &'a [RunModelOutput]) -> RunOut<'a> {
+        let run_id = self.info.run_id;
+        let model_outputs = outputs
+            .iter()
+            .filter(|o| o.run_id == run_id)
+            .map(|o| ModelOutputOut {
+                model_id: &o.model_id,
+                step: o.step,
+            })
+            .collect();
+        self.outputs = Some(RunOutputsOut { model_outputs });
+        self
+    }
+
+    /// Adds `inputs.model_inputs`, the ids of the logged models the run took as inputs.
+    pub fn with_model_inputs(mut self, model_ids: &'a [String]) -> RunOut<'a> {
+        let models = model_ids
+            .iter()
+            .map(|id| ModelIdOut { model_id: id })
+            .collect();
+        self.inputs.model_inputs = Some(models);
+        self
+    }
 }
 
 pub fn run(run: &TrackingRun) -> Value {
-    let inputs: Vec<Value> = run
-        .inputs
-        .iter()
-        .map(|input| {
-            let d = &input.dataset;
-            let mut dataset = json!({
-                "name": d.name, "digest": d.digest, "source_type": d.source_type, "source": d.source,
-            });
-            if let Some(schema) = &d.schema {
-                dataset["schema"] = json!(schema);
-            }
-            if let Some(profile) = &d.profile {
-                dataset["profile"] = json!(profile);
-            }
-            json!({"tags": pairs(&input.tags), "dataset": dataset})
-        })
-        .collect();
-    json!({
-        "info": run_info(&run.info),
-        "data": {
-            "metrics": run.metrics.iter().map(metric_json).collect::<Vec<_>>(),
-            "params": pairs(&run.params),
-            "tags": pairs(&run.tags),
-        },
-        "inputs": {"dataset_inputs": inputs},
-    })
+    tree(RunOut::new(run))
+}
+
+/// The JSON tree of a wire form; these serialize to plain objects, which cannot fail.
+fn tree(body: impl Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -435,9 +591,21 @@ mod tests {
 
     #[test]
     fn non_finite_values_travel_as_strings() {
-        assert_eq!(number(f64::NAN), json!("NaN"));
-        assert_eq!(number(f64::NEG_INFINITY), json!("-Infinity"));
-        assert_eq!(number(1.5), json!(1.5));
+        let written = |value| {
+            metric_json(&Metric {
+                key: "a".into(),
+                value,
+                timestamp: 1,
+                step: 2,
+            })
+        };
+        assert_eq!(written(f64::NAN)["value"], json!("NaN"));
+        assert_eq!(written(f64::INFINITY)["value"], json!("Infinity"));
+        assert_eq!(written(f64::NEG_INFINITY)["value"], json!("-Infinity"));
+        assert_eq!(
+            written(1.5),
+            json!({"key": "a", "value": 1.5, "timestamp": 1, "step": 2})
+        );
         let parsed = metric(&json!({"key": "a", "value": "Infinity", "timestamp": "5"})).unwrap();
         assert_eq!(parsed.value, f64::INFINITY);
         assert_eq!(parsed.timestamp, 5);
