@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use crate::mirror::{Arg, Batch};
+use crate::mirror::Batch;
+use crate::tracking::Arg;
 use crate::{
     ArtifactRecord, ArtifactRef, ContextRecord, EventKind, EventRecord, Millis, Result, RunRecord,
     RunStatus, StoreError, TaskOutputs, TaskRecord, TaskStatus, Value,
@@ -402,11 +403,11 @@ pub(crate) fn mirror_run(batch: &mut Batch, contexts: &RunContexts, run: Mirrore
          ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, end_time = excluded.end_time",
         vec![
             Arg::Text(run.run_id.to_owned()),
-            Arg::Int(Some(contexts.experiment_id)),
+            Arg::Int(contexts.experiment_id),
             Arg::Text(run.name.to_owned()),
             Arg::Text(run.status.to_owned()),
-            Arg::Int(Some(run.start_time)),
-            Arg::Int(run.end_time),
+            Arg::Int(run.start_time),
+            Arg::NullableInt(run.end_time),
             Arg::Text(crate::mirror::run_artifact_uri(
                 contexts.artifact_location.as_deref(),
                 contexts.experiment_id,
@@ -464,14 +465,10 @@ macro_rules! store_impl {
         /// Sends a batch of statements: one query on SQLite, one per statement elsewhere.
         async fn run_batch(conn: &mut $conn, batch: $crate::mirror::Batch, doing: &str) -> Result<()> {
             for (sql, args) in batch.queries($backend == "sqlite") {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for arg in args {
-                    query = match arg {
-                        $crate::mirror::Arg::Text(text) => query.bind(text),
-                        $crate::mirror::Arg::Int(n) => query.bind(n),
-                    };
-                }
-                query.execute(&mut *conn).await.ctx(doing)?;
+                $crate::tracking::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                    .execute(&mut *conn)
+                    .await
+                    .ctx(doing)?;
             }
             Ok(())
         }
@@ -1069,7 +1066,7 @@ macro_rules! store_impl {
                 // The outputs are exactly what this finish reports; an earlier attempt's are replaced.
                 batch.statement(
                     "DELETE FROM events WHERE task_id = $1 AND kind = 'output'",
-                    vec![$crate::mirror::Arg::Text(task_id.clone())],
+                    vec![$crate::tracking::Arg::Text(task_id.clone())],
                 );
                 run_batch(&mut tx, batch, "recording the task finish").await?;
                 let mut outputs: Vec<(&str, &str)> = Vec::new();

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::tracking::Arg;
 use crate::{NewRun, RunStatus, TaskStatus, Value};
 
 /// MLflow's limit on a param value; longer values are cut (the pipeline run keeps them whole).
@@ -151,13 +152,6 @@ pub(crate) fn output_params(outputs: &BTreeMap<String, Value>) -> Pairs {
 /// Where a [`Batch`] template takes its next argument.
 const ARG: char = '\u{1}';
 
-/// One argument of a [`Batch`] statement.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Arg {
-    Text(String),
-    Int(Option<i64>),
-}
-
 /// Statements that are sent to the database together.
 ///
 /// Every statement is a round trip to the database (on SQLite, a hand-off to its worker thread
@@ -208,15 +202,7 @@ impl Batch {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.extend([
-                    "(",
-                    &ARG.to_string(),
-                    ", ",
-                    &ARG.to_string(),
-                    ", ",
-                    &ARG.to_string(),
-                    ")",
-                ]);
+                sql.push_str(&format!("({ARG}, {ARG}, {ARG})"));
                 args.extend([
                     Arg::Text(run_id.to_owned()),
                     Arg::Text((*key).clone()),
@@ -290,7 +276,7 @@ mod tests {
         let mut batch = Batch::default();
         batch.statement(
             "UPDATE t SET a = $2 WHERE id = $1",
-            vec![Arg::Text("r".into()), Arg::Int(Some(1))],
+            vec![Arg::Text("r".into()), Arg::Int(1)],
         );
         batch.pairs(
             "tracking_tags",
@@ -300,10 +286,7 @@ mod tests {
         );
         let separate = batch.clone().queries(false);
         assert_eq!(separate[0].0, "UPDATE t SET a = $1 WHERE id = $2");
-        assert_eq!(
-            separate[0].1,
-            vec![Arg::Int(Some(1)), Arg::Text("r".into())]
-        );
+        assert_eq!(separate[0].1, vec![Arg::Int(1), Arg::Text("r".into())]);
         assert_eq!(
             separate[1].0,
             "INSERT INTO tracking_tags (run_id, key, value) VALUES ($1, $2, $3), ($4, $5, $6) \

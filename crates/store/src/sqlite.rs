@@ -185,7 +185,7 @@ async fn lock_migrations(lock: std::path::PathBuf) -> crate::Result<std::fs::Fil
         Ok::<_, std::io::Error>(file)
     })
     .await
-    .map_err(|e| crate::StoreError::Backend(format!("cannot lock the store for migration: {e}")))?
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     .map_err(|e| crate::StoreError::Backend(format!("cannot lock the store for migration: {e}")))
 }
 

@@ -375,11 +375,13 @@ pub trait TrackingStore: crate::models::ModelStore + Send + Sync + 'static {
 
 pub type DynTrackingStore = Arc<dyn TrackingStore>;
 
-/// A value bound to a dynamically built query.
-#[derive(Clone, Debug)]
+/// A value bound to a dynamically built query ([`Sql`], or a `mirror::Batch`).
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Arg {
     Text(String),
     Int(i64),
+    /// An integer column that may be NULL.
+    NullableInt(Option<i64>),
     Float(f64),
 }
 
@@ -1123,6 +1125,7 @@ macro_rules! bind_all {
             query = match arg {
                 $crate::tracking::Arg::Text(text) => query.bind(text),
                 $crate::tracking::Arg::Int(int) => query.bind(int),
+                $crate::tracking::Arg::NullableInt(int) => query.bind(int),
                 $crate::tracking::Arg::Float(float) => query.bind(float),
             };
         }
