@@ -11,7 +11,7 @@ use capstan_store::{
 use serde_json::{Value, json};
 
 use crate::filter::{self, Target};
-use crate::wire::{self, Reply, Req, ok};
+use crate::wire::{self, Reply, Req, ok, pairs};
 use crate::{ApiError, ApiResult, Tracking};
 
 /// Default page sizes, as MLflow's.
@@ -75,13 +75,6 @@ pub fn routes() -> Router<crate::Shared> {
         )
         .route("/model-versions/transition-stage", post(transition_stage))
         .route("/model-versions/get-download-uri", get(get_download_uri))
-}
-
-fn pairs(items: &[KeyValue]) -> Vec<Value> {
-    items
-        .iter()
-        .map(|kv| json!({"key": kv.key, "value": kv.value}))
-        .collect()
 }
 
 fn logged_status(status: &str) -> &'static str {

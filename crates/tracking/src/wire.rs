@@ -337,11 +337,9 @@ fn write_id<S: Serializer>(id: &i64, out: S) -> Result<S::Ok, S::Error> {
     out.collect_str(id)
 }
 
-fn pairs(items: &[KeyValue]) -> Vec<Value> {
-    items
-        .iter()
-        .map(|kv| json!({"key": kv.key, "value": kv.value}))
-        .collect()
+/// Tags or params on the wire: `{"key", "value"}` objects, as [`RunOut`] writes them too.
+pub fn pairs(items: &[KeyValue]) -> Vec<Value> {
+    items.iter().map(tree).collect()
 }
 
 /// Where an experiment's runs keep artifacts: its own location, or the artifact proxy.
